@@ -1,0 +1,35 @@
+# wan-dist: `make demo` runs the main job on an embedded tiny model; `make test` runs the test suite.
+# Both create the virtualenv in .venv and install everything they need (torch first, pinned to the local CPU
+# wheel's version, so no other package can pull a different torch build).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_CKPT := runs/demo-ckpt
+DEMO_OUT := runs/demo
+NPROC ?= 2
+
+.PHONY: install demo test test-fast clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p runs
+	$(BIN)/wan-dist tiny-checkpoint tiny-ti2v $(DEMO_CKPT) --overwrite
+	$(BIN)/python launch/run.py model=tiny-ti2v ckpt_dir=$(DEMO_CKPT) \
+	    manifest=examples/prompts.csv out_dir=$(DEMO_OUT)
+	@echo
+	@echo "videos + sidecars: $(DEMO_OUT)/videos/   ledger: $(DEMO_OUT)/results.jsonl"
+	@echo "timings report:    $(DEMO_OUT)/report/report.md (plots: $(DEMO_OUT)/report/*.png)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Batch machinery: manifest -> items -> (data-parallel share) -> skip finished -> run -> outputs + ledger."""

@@ -1,0 +1,181 @@
+"""Manifests (CSV or JSONL) -> validated items. Every row is checked before any model loads; all problems are
+reported together as `file:line column=value: rule`.
+
+Columns: id, prompt, negative_prompt, seed, image, size, frame_num, steps, shift, guide_scale, guide_scale_high,
+cfg_truncate_steps, cfg_truncate_high_noise_steps, solver. Only `prompt` is required; a given value overrides the
+config for that row. Image paths are relative to the manifest file.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig
+from ..models.registry import ModelSpec
+from ..pipeline.request import GenerationRequest, build_request
+
+COLUMNS = {"id": str, "prompt": str, "negative_prompt": str, "seed": int, "image": str, "size": str,
+           "frame_num": int, "steps": int, "shift": float, "guide_scale": float, "guide_scale_high": float,
+           "cfg_truncate_steps": int, "cfg_truncate_high_noise_steps": int, "solver": str}
+ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+class ManifestError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        n = len(problems)
+        super().__init__(f"{n} problem{'s' if n > 1 else ''} in the manifest (nothing was run):\n  "
+                         + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int              # 0-based row index in the manifest (decides the data-parallel share)
+    line: int               # 1-based line in the file, for messages
+    request: GenerationRequest
+
+
+def derive_id(index: int, prompt: str) -> str:
+    """Row without an id: its position plus a hash of its prompt (so an edited prompt is a new item)."""
+    return f"row{index:05d}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+
+
+def check_id(item_id: str) -> None:
+    if not ID_RE.match(item_id) or item_id in (".", ".."):
+        raise ValueError(f"id={item_id!r}: must match [A-Za-z0-9._-]{{1,128}} (and not be . or ..)")
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, raw dict) per row."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError([f"{path}:{n}: not valid JSON ({e.msg})"]) from None
+            if not isinstance(obj, dict):
+                raise ManifestError([f"{path}:{n}: each line must be a JSON object"])
+            rows.append((n, obj))
+        return rows
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"manifest={str(path)!r}: must end in .csv or .jsonl")
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    rows = []
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise ManifestError([f"{path}:{reader.line_num}: more cells than header columns"])
+        if all((v or "").strip() == "" for v in row.values()):
+            continue
+        rows.append((reader.line_num, row))
+    if reader.fieldnames is None:
+        raise ManifestError([f"{path}:1: empty manifest (needs a header with at least 'prompt')"])
+    return rows
+
+
+def _typed(column: str, value, typ):
+    if value is None or (isinstance(value, str) and value.strip() == "" and column != "prompt"):
+        return None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{column}={value!r}: must be a string")
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{column}={value!r}: must be {'an integer' if typ is int else 'a number'}")
+    try:
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column}={value!r}: must be {'an integer' if typ is int else 'a number'}") from None
+
+
+def check_image(path: Path, shown: str) -> None:
+    from PIL import Image
+    if not path.is_file():
+        raise ValueError(f"image={shown!r}: file not found ({path})")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.convert("RGB").load()
+    except Exception as e:  # PIL raises many types for bad files
+        raise ValueError(f"image={shown!r}: cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest={str(path)!r}: file not found")
+    rows = _read_rows(path)
+    problems: list[str] = []
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    if not rows:
+        raise ManifestError([f"{path}: no rows"])
+    for index, (line, raw) in enumerate(rows):
+        where = f"{path}:{line}"
+        unknown = sorted(set(raw) - set(COLUMNS))
+        for col in unknown:
+            problems.append(f"{where} {col}={raw[col]!r}: unknown column; known: {', '.join(COLUMNS)}")
+        if unknown:
+            continue
+        row, bad = {}, False
+        for col, typ in COLUMNS.items():
+            try:
+                row[col] = _typed(col, raw.get(col), typ)
+            except ValueError as e:
+                problems.append(f"{where} {e}")
+                bad = True
+        if bad:
+            continue
+        prompt = row.get("prompt")
+        if prompt is None or not prompt.strip():
+            problems.append(f"{where} prompt={prompt!r}: must be a non-empty string")
+            continue
+        item_id = row.get("id") or derive_id(index, prompt)
+        try:
+            check_id(item_id)
+        except ValueError as e:
+            problems.append(f"{where} {e}")
+            continue
+        if item_id in seen:
+            problems.append(f"{where} id={item_id!r}: duplicate id (first on line {seen[item_id]})")
+            continue
+        seen[item_id] = line
+        if row.get("image"):
+            img_path = (path.parent / row["image"]).resolve()
+            try:
+                if spec.image != "none":
+                    check_image(img_path, row["image"])
+            except ValueError as e:
+                problems.append(f"{where} {e}")
+                continue
+            row["image"] = str(img_path)
+        try:
+            items.append(Item(index, line, build_request(cfg, spec, row, item_id)))
+        except ValueError as e:
+            problems.append(f"{where} {e}")
+    if problems:
+        raise ManifestError(problems)
+    return items
+
+
+def single_prompt_items(cfg: RunConfig, spec: ModelSpec) -> list[Item]:
+    row = {"prompt": cfg.prompt, "image": None}
+    if cfg.image:
+        img = Path(cfg.image).resolve()
+        if spec.image != "none":
+            check_image(img, cfg.image)
+        row["image"] = str(img)
+    item_id = derive_id(0, cfg.prompt or "")
+    return [Item(0, 0, build_request(cfg, spec, row, item_id))]

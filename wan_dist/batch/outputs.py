@@ -1,0 +1,80 @@
+"""The output directory: videos/<id>.mp4 + videos/<id>.json (+ optional latents / PNG frames), results.jsonl.
+
+Only rank 0 of a replica writes. Every file is written atomically; the ledger line is appended (fsync) after the
+files it names exist, so a ledger line 'ok' always points at complete files.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..pipeline.video_io import encode_mp4, probe_mp4
+from .atomic import append_line_durable, write_bytes_atomic, write_json_atomic
+from .manifest import check_id
+
+LEDGER = "results.jsonl"
+
+
+class OutputDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.videos = self.root / "videos"
+        self.ledger = self.root / LEDGER
+
+    def prepare(self) -> None:
+        self.videos.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, item_id: str, suffix: str) -> Path:
+        """videos/<id><suffix>, refusing anything that would land outside out_dir."""
+        check_id(item_id)
+        p = (self.videos / f"{item_id}{suffix}").resolve()
+        if self.videos not in p.parents:
+            raise ValueError(f"id={item_id!r}: output path {p} is outside {self.videos}")
+        return p
+
+    # -- writing ------------------------------------------------------------------------------------------------
+    def write_video(self, item_id: str, frames: np.ndarray, fps: int, *, lossless: bool, crf: int) -> dict:
+        data, info = encode_mp4(frames, fps, lossless=lossless, crf=crf)
+        path = self.path_for(item_id, ".mp4")
+        write_bytes_atomic(path, data)
+        info["bytes"] = len(data)
+        return info
+
+    def write_sidecar(self, item_id: str, sidecar: dict) -> Path:
+        path = self.path_for(item_id, ".json")
+        write_json_atomic(path, sidecar)
+        return path
+
+    def append_ledger(self, record: dict) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+        append_line_durable(self.ledger, json.dumps(record, ensure_ascii=False, default=str))
+
+    # -- resume -------------------------------------------------------------------------------------------------
+    def read_ledger(self) -> dict[str, dict]:
+        """id -> last ledger record; a torn last line (crash mid-append) is ignored."""
+        last: dict[str, dict] = {}
+        if not self.ledger.exists():
+            return last
+        for line in self.ledger.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                last[rec["id"]] = rec
+        return last
+
+    def is_complete(self, item_id: str, record: dict | None) -> bool:
+        """ok in the ledger, sidecar parses, mp4 opens with frames."""
+        if not record or record.get("status") != "ok":
+            return False
+        try:
+            sidecar = json.loads(self.path_for(item_id, ".json").read_text())
+            if sidecar.get("id") != item_id:
+                return False
+            return probe_mp4(self.path_for(item_id, ".mp4"))["packets"] > 0
+        except Exception:
+            return False

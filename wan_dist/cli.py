@@ -1,0 +1,84 @@
+"""`wan-dist` console script: small maintenance subcommands (the batch runner itself is launch/run.py).
+
+Add a subcommand by writing `_add_x(parser)` + `_run_x(args) -> int` and registering them in `SUBCOMMANDS`.
+Exit codes: 0 success, 1 the checked thing is not usable, 2 usage errors (unknown model, bad arguments).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def _add_tiny(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="tiny model name (tiny-t2v, tiny-ti2v, tiny-t2v-moe, tiny-i2v-moe)")
+    p.add_argument("dir", help="output checkpoint directory (created atomically)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed; the same seed gives byte-identical files")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+
+
+def _run_tiny(args) -> int:
+    from wan_dist.models.registry import get_model
+    from wan_dist.models.tiny import write_tiny_checkpoint
+
+    try:
+        get_model(args.model)
+        path = write_tiny_checkpoint(args.model, args.dir, seed=args.seed, overwrite=args.overwrite)
+    except ValueError as e:
+        print(f"wan-dist tiny-checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote tiny {args.model} checkpoint (seed {args.seed}, random weights) to {path}")
+    return 0
+
+
+def _add_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="checkpoint directory (native Wan layout or a *-Diffusers repo)")
+    p.add_argument("--model", required=True, help="registry model name the checkpoint must serve, e.g. t2v-A14B")
+
+
+def _run_check(args) -> int:
+    from wan_dist.models.checkpoint import validate_checkpoint
+    from wan_dist.models.registry import get_model
+
+    try:
+        spec = get_model(args.model)
+    except ValueError as e:
+        print(f"wan-dist check-checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        report = validate_checkpoint(args.dir, spec)
+    except ValueError as e:  # missing directory
+        print(f"wan-dist check-checkpoint: error: {e}", file=sys.stderr)
+        return 1
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+# name -> (help, add_args, run); other modules may register more (e.g. "report")
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
+    "tiny-checkpoint": ("write a tiny random-weight native checkpoint", _add_tiny, _run_tiny),
+    "check-checkpoint": ("validate a checkpoint directory before loading it", _add_check, _run_check),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wan-dist", description="wan-dist utilities")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_args, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or usage error (2)
+        return int(e.code or 0)
+    return int(args._run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

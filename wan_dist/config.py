@@ -1,0 +1,275 @@
+"""Typed run configuration: frozen dataclasses (the schema), Hydra composition and one `validate` for cross-field rules.
+
+YAML in conf/ selects and overrides; these classes say what each key means. `from_dict` turns a composed config into
+a `RunConfig`, raising ValueError that names the field, the value and the rule for unknown keys and bad values, before
+any model work. The same classes are registered in Hydra's ConfigStore (group `schema`) for documentation/tooling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+SOLVERS = ("unipc", "dpm++")
+LOGGERS = ("none", "wandb")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
+
+
+def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Native defaults of a task (conf/model/<name>.yaml); `sample.*` overrides them per run, manifest columns per row."""
+    name: str = _doc("registry name: t2v-1.3B, t2v-14B, ti2v-5B, t2v-A14B, i2v-A14B, tiny-t2v, tiny-ti2v, "
+                     "tiny-t2v-moe, tiny-i2v-moe", "tiny-t2v")
+    steps: int = _doc("sampling steps", 50)
+    shift: float = _doc("flow shift (sigma' = s*sigma/(1+(s-1)*sigma))", 5.0)
+    guide_scale: float = _doc("CFG scale (of the low-noise expert for MoE models)", 5.0)
+    guide_scale_high: Optional[float] = _doc("CFG scale of the high-noise expert (MoE only)", None)
+    boundary: Optional[float] = _doc("MoE switch: t >= boundary*1000 runs the high-noise expert", None)
+    fps: int = _doc("frames per second of the written mp4", 16)
+    frame_num: int = _doc("frames per video (4n+1)", 81)
+    size: str = _doc("default W*H", "832*480")
+    sizes: tuple = _doc("official W*H sizes; empty = any size the VAE stride and patch allow", ())
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Run-wide sampling settings; null means 'the model default'."""
+    solver: str = _doc("unipc (native default) or dpm++", "unipc")
+    steps: Optional[int] = _doc("override model.steps", None)
+    shift: Optional[float] = _doc("override model.shift", None)
+    guide_scale: Optional[float] = _doc("override model.guide_scale (low-noise expert for MoE)", None)
+    guide_scale_high: Optional[float] = _doc("override model.guide_scale_high (MoE)", None)
+    size: Optional[str] = _doc("override model.size, W*H (WxH also accepted)", None)
+    frame_num: Optional[int] = _doc("override model.frame_num; corrected to 4n+1 with a warning", None)
+    negative_prompt: Optional[str] = _doc("null = the native default negative prompt", None)
+    seed: int = _doc("run seed; a row without a seed gets one derived from this and its id", 42)
+    cfg_truncate_steps: int = _doc("skip the unconditional pass in the last N steps of the low-noise expert "
+                                   "(of the whole run for single-expert models)", 0)
+    cfg_truncate_high_noise_steps: int = _doc("skip the unconditional pass in the last M high-noise steps "
+                                              "before the expert switch (MoE only)", 0)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """world = dp x cfg x ulysses x ring. A replica = cfg x ulysses x ring ranks making one video together."""
+    dp: int = _doc("data-parallel replicas; -1 = whatever the world size leaves", -1)
+    cfg: int = _doc("1, or 2 to run cond and uncond passes on two halves of a replica", 1)
+    ulysses: int = _doc("Ulysses sequence-parallel degree (must divide the head count)", 1)
+    ring: int = _doc("ring-attention degree (GPU attention backends returning LSE only)", 1)
+    fsdp: bool = _doc("shard the DiT(s) with FSDP2 inside a replica", False)
+    t5_fsdp: bool = _doc("shard the T5 encoder with FSDP2 inside a replica", False)
+    backend: str = _doc("torch.distributed backend: auto (nccl on GPU, gloo on CPU), nccl or gloo", "auto")
+    vae_parallel: bool = _doc("split the VAE decode over the ranks of a replica", True)
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    kind: str = _doc("none or wandb", "none")
+    project: str = _doc("W&B project", "wan-dist")
+    group: Optional[str] = _doc("W&B group", None)
+    name: Optional[str] = _doc("W&B run name (default: the out_dir name)", None)
+    tags: tuple = _doc("W&B tags", ())
+    mode: str = _doc("offline (files under out_dir/wandb) or online", "offline")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    save_latents: bool = _doc("also write videos/<id>.latents.safetensors (final latent before decode)", False)
+    lossless: bool = _doc("encode the mp4 losslessly so decoded frames equal the generated uint8 frames", False)
+    frames: Optional[str] = _doc("png: also write every frame under videos/<id>/", None)
+    crf: int = _doc("H.264 quality for the lossy mp4 (lower = better)", 18)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    retry_failed: bool = _doc("re-run items whose ledger line says failed", False)
+    progress: bool = _doc("progress bars on rank 0", True)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = _doc("the task and its native defaults", default_factory=ModelConfig)
+    sample: SampleConfig = _doc("sampling overrides", default_factory=SampleConfig)
+    parallel: ParallelConfig = _doc("parallel layout", default_factory=ParallelConfig)
+    logger: LoggerConfig = _doc("metrics sink", default_factory=LoggerConfig)
+    output: OutputConfig = _doc("extra outputs", default_factory=OutputConfig)
+    batch: BatchConfig = _doc("batch behaviour", default_factory=BatchConfig)
+    ckpt_dir: Optional[str] = _doc("checkpoint directory (native layout or *-Diffusers)", None)
+    out_dir: str = _doc("output directory", "runs/default")
+    manifest: Optional[str] = _doc("CSV or JSONL prompt manifest", None)
+    prompt: Optional[str] = _doc("a single prompt instead of a manifest", None)
+    image: Optional[str] = _doc("conditioning image for the single prompt", None)
+    device: str = _doc("auto (cuda when available), cpu or cuda", "auto")
+    dtype: str = _doc("DiT dtype: auto = bf16 on GPU, fp32 on CPU", "auto")
+    t5_dtype: str = _doc("T5 dtype: auto = bf16 on GPU, fp32 on CPU", "auto")
+    vae_dtype: str = _doc("VAE dtype (the native code runs it in fp32)", "fp32")
+    offload_model: bool = _doc("keep the idle expert and T5 off the device between uses", False)
+    t5_cpu: bool = _doc("run the T5 encoder on CPU", False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_type(path: str, value: Any, tp) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(path, value, args[0])
+    if tp is tuple or origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise ValueError(f"{path}={value!r}: must be a list")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{path}={value!r}: must be true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{path}={value!r}: must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{path}={value!r}: must be a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{path}={value!r}: must be a string")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or 'config'}={data!r}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{prefix}{unknown[0]}={data[unknown[0]]!r}: unknown key; known keys of "
+                         f"{prefix.rstrip('.') or 'the config'}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _check_type(f"{prefix}{f.name}", data[f.name], tp)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Composed (plain) config -> RunConfig; unknown keys and wrong types raise ValueError."""
+    data = dict(data)
+    data.pop("hydra", None)
+    cfg = _build(RunConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _choice(path, value, choices):
+    if value not in choices:
+        raise ValueError(f"{path}={value!r}: must be one of {', '.join(map(str, choices))}")
+
+
+def validate(cfg: RunConfig, world_size: int | None = None) -> None:
+    """Single-field and cross-field rules that need no model files. The parallel layout is checked against the
+    world size by wan_dist.distributed.mesh before any process group exists."""
+    from .models.registry import get_model
+    spec = get_model(cfg.model.name)
+    _choice("sample.solver", cfg.sample.solver, SOLVERS)
+    _choice("logger.kind", cfg.logger.kind, LOGGERS)
+    _choice("logger.mode", cfg.logger.mode, ("offline", "online"))
+    _choice("device", cfg.device, DEVICES)
+    _choice("dtype", cfg.dtype, DTYPE_NAMES)
+    _choice("t5_dtype", cfg.t5_dtype, DTYPE_NAMES)
+    _choice("vae_dtype", cfg.vae_dtype, DTYPE_NAMES[1:])
+    if cfg.output.frames is not None:
+        _choice("output.frames", cfg.output.frames, ("png",))
+    if not 0 <= cfg.output.crf <= 51:
+        raise ValueError(f"output.crf={cfg.output.crf}: must be between 0 and 51")
+    for path, v in (("model.steps", cfg.model.steps), ("sample.steps", cfg.sample.steps)):
+        if v is not None and v < 1:
+            raise ValueError(f"{path}={v}: must be >= 1")
+    for path, v in (("model.shift", cfg.model.shift), ("sample.shift", cfg.sample.shift)):
+        if v is not None and v <= 0:
+            raise ValueError(f"{path}={v}: must be > 0")
+    for path, v in (("model.guide_scale", cfg.model.guide_scale), ("sample.guide_scale", cfg.sample.guide_scale),
+                    ("model.guide_scale_high", cfg.model.guide_scale_high),
+                    ("sample.guide_scale_high", cfg.sample.guide_scale_high)):
+        if v is not None and v < 1.0:
+            raise ValueError(f"{path}={v}: must be >= 1.0 (1.0 turns classifier-free guidance off)")
+    for path, v in (("model.frame_num", cfg.model.frame_num), ("sample.frame_num", cfg.sample.frame_num)):
+        if v is not None and v < 1:
+            raise ValueError(f"{path}={v}: must be >= 1")
+    for path, v in (("sample.cfg_truncate_steps", cfg.sample.cfg_truncate_steps),
+                    ("sample.cfg_truncate_high_noise_steps", cfg.sample.cfg_truncate_high_noise_steps)):
+        if v < 0:
+            raise ValueError(f"{path}={v}: must be >= 0")
+    if cfg.sample.seed < 0:
+        raise ValueError(f"sample.seed={cfg.sample.seed}: must be >= 0")
+    if spec.is_moe != (cfg.model.boundary is not None):
+        raise ValueError(f"model.boundary={cfg.model.boundary}: {spec.name} "
+                         f"{'needs' if spec.is_moe else 'has no experts, so takes no'} boundary")
+    if cfg.model.boundary is not None and not 0 < cfg.model.boundary < 1:
+        raise ValueError(f"model.boundary={cfg.model.boundary}: must be between 0 and 1")
+    if cfg.manifest is None and cfg.prompt is None:
+        raise ValueError("manifest=null, prompt=null: give a manifest file (manifest=prompts.csv) or prompt=\"...\"")
+    if cfg.manifest is not None and cfg.prompt is not None:
+        raise ValueError(f"manifest={cfg.manifest!r}, prompt={cfg.prompt!r}: give one of manifest or prompt, not both")
+    if cfg.image is not None and cfg.prompt is None:
+        raise ValueError(f"image={cfg.image!r}: only with prompt=...; manifests give images per row (column image)")
+    if cfg.ckpt_dir is None:
+        raise ValueError("ckpt_dir=null: the checkpoint directory is required (ckpt_dir=/path/to/Wan2.x-...)")
+    p = cfg.parallel
+    for path, v in (("parallel.cfg", p.cfg), ("parallel.ulysses", p.ulysses), ("parallel.ring", p.ring)):
+        if v < 1:
+            raise ValueError(f"{path}={v}: must be >= 1")
+    if p.cfg not in (1, 2):
+        raise ValueError(f"parallel.cfg={p.cfg}: must be 1 or 2")
+    if p.dp == 0 or p.dp < -1:
+        raise ValueError(f"parallel.dp={p.dp}: must be >= 1, or -1 for whatever the world size leaves")
+    _choice("parallel.backend", p.backend, ("auto", "nccl", "gloo"))
+    if spec.num_heads % p.ulysses:
+        raise ValueError(f"parallel.ulysses={p.ulysses}: must divide the head count of {spec.name} "
+                         f"({spec.num_heads})")
+    if world_size is not None:
+        from .distributed.layout import check_layout
+        check_layout(cfg, world_size)
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (group `schema`), for `--cfg job` tooling and docs."""
+    from hydra.core.config_store import ConfigStore
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="run", node=RunConfig)
+
+
+def compose(overrides: list[str], config_dir: str | Path | None = None) -> RunConfig:
+    """Compose conf/config.yaml with Hydra's Compose API (tests, tools); Hydra errors become ValueError."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    config_dir = Path(config_dir or Path(__file__).resolve().parents[1] / "conf").resolve()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+            dc = hydra_compose("config", overrides=list(overrides))
+    except HydraException as e:
+        raise ValueError(f"config overrides {overrides}: {e}") from None
+    return from_dict(OmegaConf.to_container(dc, resolve=True))

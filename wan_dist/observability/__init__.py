@@ -1,0 +1,1 @@
+"""Timing, metrics sinks and reports."""

@@ -1,0 +1,91 @@
+"""Denoise stage: the sampling loop (expert choice, CFG, CFG truncation, timing).
+
+Shapes: latents [z, T, h, w] float32; DiT input [1, C, T, h, w] in the run dtype; prediction [z, T, h, w] float32.
+Per step: expert = 'high' if t >= boundary*1000 else 'low' (native rule); v = v_u + g (v_c - v_u), or v_c alone where
+CFG is off (guidance 1.0 or a truncated step); scheduler step; ti2v image mode re-pins the first frame.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..observability.timer import sync
+from .latents import Conditioning
+
+
+def dit_forward(model, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """[1, C, T, h, w] -> [z, T, h, w] float32."""
+    return model(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0][0].float()
+
+
+class SequentialGuidance:
+    """Default CFG executor: conditional then unconditional forward on the same device (as the native code)."""
+
+    def __call__(self, model, x, t, context, context_null, scale: float, do_cfg: bool) -> torch.Tensor:
+        cond = dit_forward(model, x, t, context)
+        if not do_cfg:
+            return cond
+        uncond = dit_forward(model, x, t, context_null)
+        return uncond + scale * (cond - uncond)
+
+
+@dataclass
+class DenoiseResult:
+    latents: torch.Tensor
+    timesteps: list[int]
+    step_experts: list[str]
+    cfg_on: list[bool]
+    per_step_s: list[float] = field(default_factory=list)
+    expert_switches: int = 0
+    expert_switch_s: float = 0.0
+
+    @property
+    def forwards(self) -> dict[str, int]:
+        return {"cond": len(self.timesteps), "uncond": sum(self.cfg_on)}
+
+    @property
+    def expert_steps(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.step_experts:
+            out[e] = out.get(e, 0) + 1
+        return out
+
+
+def denoise(models: dict, cond: Conditioning, context: torch.Tensor, context_null: torch.Tensor, scheduler, *,
+            step_experts: list[str], guidance: dict[str, float], cfg_on: list[bool], dtype, device,
+            activate: Callable[[str], None] | None = None, guidance_exec=None,
+            on_step: Callable[[int, int], None] | None = None) -> DenoiseResult:
+    """Run the loop. `activate(expert)` puts that expert on the device (offload); its time is the switch cost."""
+    guidance_exec = guidance_exec or SequentialGuidance()
+    timesteps = scheduler.timesteps
+    res = DenoiseResult(cond.latents, [int(t) for t in timesteps], list(step_experts), list(cfg_on))
+    latents = cond.latents
+    context, context_null = context.to(device, dtype), context_null.to(device, dtype)
+    current = None
+    for i, t in enumerate(timesteps):
+        expert = step_experts[i]
+        if expert != current:
+            t0 = time.perf_counter()
+            if activate is not None:
+                activate(expert)
+            sync(device)
+            if current is not None:  # the first activation is model placement, not a switch
+                res.expert_switches += 1
+                res.expert_switch_s += time.perf_counter() - t0
+            current = expert
+        sync(device)
+        t0 = time.perf_counter()
+        x = cond.model_input(latents, dtype)
+        v = guidance_exec(models[expert], x, cond.timestep(t.to(device)), context, context_null,
+                          guidance[expert], cfg_on[i])
+        latents = scheduler.step(v[None], t, latents[None], return_dict=False)[0][0]
+        latents = cond.after_step(latents)
+        sync(device)
+        res.per_step_s.append(time.perf_counter() - t0)
+        if on_step is not None:
+            on_step(i, len(timesteps))
+    res.latents = latents
+    return res

@@ -1,0 +1,101 @@
+"""One video from one request, with every stage named and timed. Models are loaded once by the caller.
+
+Stages: text_encode -> latents (noise + image conditioning) -> denoise (incl. expert_switch) -> vae_decode.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..models.loading import LoadedModel
+from ..observability.timer import StageTimer
+from . import latents as latents_mod
+from . import vae as vae_ops
+from .denoise import DenoiseResult, denoise
+from .request import GenerationRequest, plan
+from .schedule import make_scheduler
+from .text import encode_prompt, pad_context
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    frames: torch.Tensor                  # uint8 [F, H, W, 3]
+    latents: torch.Tensor                 # float32 [z, T, h, w], final denoised latent before decode
+    size: tuple[int, int]                 # actual (W, H)
+    denoise: DenoiseResult
+    timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+
+class WanGenerator:
+    def __init__(self, loaded: LoadedModel, *, device, dtype, t5_device, offload_model: bool = False,
+                 boundary: float | None = None, guidance_exec=None, decode_fn: Callable | None = None,
+                 check_finite: bool = True):
+        self.m = loaded
+        self.boundary = boundary if boundary is not None else loaded.spec.boundary
+        self.spec = loaded.spec
+        self.device, self.dtype, self.t5_device = torch.device(device), dtype, torch.device(t5_device)
+        self.offload = offload_model
+        self.guidance_exec = guidance_exec
+        self.decode_fn = decode_fn or vae_ops.decode
+        self.check_finite = check_finite
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.on_step: Callable[[int, int], None] | None = None
+
+    # -- placement ------------------------------------------------------------------------------------------------
+    def _activate(self, expert: str) -> None:
+        """Offload mode: only the expert in use lives on the device (the native MoE swap)."""
+        if not self.offload:
+            return
+        for name, model in self.m.dits.items():
+            if name != expert:
+                model.to("cpu")
+        self.m.dits[expert].to(self.device)
+
+    def _encode(self, text: str) -> torch.Tensor:
+        if text in self._text_cache:
+            self._text_cache.move_to_end(text)
+            return self._text_cache[text]
+        enc = self.m.text_encoder
+        if self.offload and self.t5_device.type != "cpu":
+            enc.to(self.t5_device)
+        ctx = encode_prompt(self.m.tokenizer, enc, text, self.t5_device)
+        if self.offload and self.t5_device.type != "cpu":
+            enc.to("cpu")
+        self._text_cache[text] = ctx
+        while len(self._text_cache) > 8:
+            self._text_cache.popitem(last=False)
+        return ctx
+
+    # -- one video ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, req: GenerationRequest, image=None, timer: StageTimer | None = None) -> GenerationResult:
+        timer = timer or StageTimer(self.device)
+        with timer.stage("text_encode"):
+            ctx = pad_context(self._encode(req.prompt))
+            ctx_null = pad_context(self._encode(req.negative_prompt))
+        with timer.stage("latents"):
+            cond = latents_mod.prepare(self.spec, self.m.vae, size=req.size, frame_num=req.frame_num,
+                                       seed=req.seed, device=self.device, image=image)
+        experts, cfg_on = plan(req, self.boundary)
+        scheduler = make_scheduler(req.solver, req.steps, req.shift, device=self.device)
+        with timer.stage("denoise"):
+            res = denoise(self.m.dits, cond, ctx, ctx_null, scheduler, step_experts=experts,
+                          guidance=req.guidance(), cfg_on=cfg_on, dtype=self.dtype, device=self.device,
+                          activate=self._activate, guidance_exec=self.guidance_exec, on_step=self.on_step)
+        timer.add("expert_switch", res.expert_switch_s)
+        if self.offload:
+            for model in self.m.dits.values():
+                model.to("cpu")
+        if self.check_finite and not torch.isfinite(res.latents).all():
+            raise FloatingPointError(f"item {req.id}: latents contain NaN or Inf after denoising")
+        with timer.stage("vae_decode"):
+            video = self.decode_fn(self.m.vae, res.latents)
+            frames = vae_ops.to_uint8_frames(video)
+        return GenerationResult(req, frames, res.latents.float().cpu(), cond.size, res, timer.as_dict(),
+                                list(req.warnings))
+

@@ -22,6 +22,7 @@ from .batch.atomic import write_bytes_atomic
 from .models import checkpoint
 from .models.loading import load_diffusers_layout, load_native, parse_dtype
 from .models.registry import get_model
+from .observability.figures import reduce_load
 from .observability.progress import Progress
 from .observability.sinks import make_sink
 from .pipeline.generator import WanGenerator
@@ -106,6 +107,7 @@ def run(cfg, ctx=None, parallel=None) -> int:
     if parallel is not None:
         parallel.apply(loaded, ctx)
     model_load_s = time.perf_counter() - t0
+    model_load_s, load_seconds = reduce_load(ctx, model_load_s, loaded.stats.seconds)  # replica max over ranks
     gen = WanGenerator(loaded, device=device, dtype=dtype, t5_device=t5_device, offload_model=cfg.offload_model,
                        boundary=cfg.model.boundary,
                        guidance_exec=parallel.guidance_exec(ctx) if parallel is not None else None,
@@ -114,7 +116,7 @@ def run(cfg, ctx=None, parallel=None) -> int:
     gen.on_step = progress.step
     sink = make_sink(cfg, out.root, is_logger=ctx.is_main)
     sink.log_config(config_mod.to_dict(cfg))
-    run_info = {"model_load_s": round(model_load_s, 6), "load_seconds": loaded.stats.seconds,
+    run_info = {"model_load_s": round(model_load_s, 6), "load_seconds": load_seconds,
                 "checkpoint_dtype": loaded.stats.checkpoint_dtype, "dtype": str(dtype).replace("torch.", ""),
                 "device": str(device), "ckpt_dir": str(cfg.ckpt_dir)}
     runner = BatchRunner(cfg=cfg, spec=spec, generator=gen, out=out, ctx=ctx, model_load_s=model_load_s,
@@ -123,6 +125,7 @@ def run(cfg, ctx=None, parallel=None) -> int:
         log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest", spec.name, model_load_s,
                  run_info["dtype"], device, len(items))
     summary = runner.run(items)
+    ctx.barrier()  # every replica's sidecars are on disk before rank 0 logs the run summary (observability)
     sink.log_summary({"done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
                       "model_load_s": model_load_s})
     sink.close()

@@ -29,7 +29,7 @@ def check_size(spec: ModelSpec, size: tuple[int, int], field: str = "size") -> N
         return
     m = spec.size_multiple
     if w % m or h % m:
-        near = f"{max(m, round(w / m) * m)}*{max(m, round(h / m) * m)}"
+        near = f"{max(m, int(w / m + 0.5) * m)}*{max(m, int(h / m + 0.5) * m)}"
         raise ValueError(f"{field}={w}*{h}: width and height of {spec.name} must be multiples of {m} "
                          f"(VAE stride x patch); nearest valid size: {near}")
 

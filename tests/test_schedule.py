@@ -1,0 +1,67 @@
+"""Sigma grids, expert switching and CFG plans against the native formulas (wan_facts.md §5)."""
+import numpy as np
+import pytest
+import torch
+
+from wan_dist.models.registry import MODELS, REAL_MODELS
+from wan_dist.pipeline.schedule import cfg_plan, expert_plan, make_scheduler
+
+
+def native_unipc_grid(steps, shift):
+    """Native FlowUniPCMultistepScheduler.set_timesteps, written out independently."""
+    alphas = np.linspace(1, 1 / 1000, 1000)[::-1].copy()
+    train_sigmas = torch.from_numpy(1.0 - alphas).to(torch.float32)
+    sigma_max, sigma_min = train_sigmas[0].item(), train_sigmas[-1].item()
+    sig = np.linspace(sigma_max, sigma_min, steps + 1).copy()[:-1]
+    sig = shift * sig / (1 + (shift - 1) * sig)
+    timesteps = torch.from_numpy(sig * 1000).to(torch.int64)
+    sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+    return timesteps, sigmas
+
+
+def native_dpm_grid(steps, shift):
+    """Native get_sampling_sigmas + FlowDPMSolverMultistepScheduler(shift=1).set_timesteps(sigmas=...)."""
+    sig = np.linspace(1, 0, steps + 1)[:steps]
+    sig = shift * sig / (1 + (shift - 1) * sig)
+    timesteps = torch.from_numpy(sig * 1000).to(torch.int64)
+    sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+    return timesteps, sigmas
+
+
+@pytest.mark.parametrize("name", REAL_MODELS)
+@pytest.mark.parametrize("solver", ["unipc", "dpm++"])
+def test_grids_equal_native_for_task_defaults(name, solver):
+    spec = MODELS[name]
+    sch = make_scheduler(solver, spec.sample_steps, spec.sample_shift)
+    ts, sig = (native_unipc_grid if solver == "unipc" else native_dpm_grid)(spec.sample_steps, spec.sample_shift)
+    assert torch.equal(sch.timesteps.cpu(), ts)
+    assert torch.equal(sch.sigmas.cpu().to(torch.float32), sig)
+
+
+def test_documented_grid_values():
+    ts = make_scheduler("unipc", 40, 12.0).timesteps.tolist()
+    assert ts[:5] == [999, 997, 995, 993, 990] and ts[-4:] == [571, 492, 386, 235]
+    assert make_scheduler("unipc", 50, 5.0).timesteps.tolist()[-3:] == [241, 172, 92]
+    assert make_scheduler("dpm++", 50, 5.0).timesteps.tolist()[0] == 1000
+
+
+@pytest.mark.parametrize("name,high,low", [("t2v-A14B", 26, 14), ("i2v-A14B", 15, 25)])
+@pytest.mark.parametrize("solver", ["unipc", "dpm++"])
+def test_expert_switch_on_first_step_below_boundary(name, high, low, solver):
+    spec = MODELS[name]
+    ts = make_scheduler(solver, spec.sample_steps, spec.sample_shift).timesteps.tolist()
+    experts = expert_plan(ts, spec.boundary)
+    assert experts.count("high") == high and experts.count("low") == low
+    first_low = next(i for i, t in enumerate(ts) if t < spec.boundary * 1000)
+    assert experts[:first_low] == ["high"] * first_low and experts[first_low:] == ["low"] * (len(ts) - first_low)
+
+
+def test_cfg_plan_truncation_windows():
+    experts = ["high"] * 4 + ["low"] * 3
+    g = {"high": 4.0, "low": 3.0, "single": 3.0}
+    assert cfg_plan(experts, g, 0, 0) == [True] * 7
+    assert cfg_plan(experts, g, 2, 0) == [True] * 5 + [False] * 2
+    assert cfg_plan(experts, g, 0, 1) == [True, True, True, False, True, True, True]
+    assert cfg_plan(experts, g, 3, 4) == [False] * 7
+    assert cfg_plan(["single"] * 5, {"single": 5.0}, 2, 0) == [True, True, True, False, False]
+    assert cfg_plan(["single"] * 3, {"single": 1.0}, 0, 0) == [False] * 3   # guidance 1.0 = no CFG

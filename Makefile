@@ -22,11 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	@mkdir -p runs
 	$(BIN)/wan-dist tiny-checkpoint tiny-ti2v $(DEMO_CKPT) --overwrite
-	$(BIN)/python launch/run.py model=tiny-ti2v ckpt_dir=$(DEMO_CKPT) \
-	    manifest=examples/prompts.csv out_dir=$(DEMO_OUT)
+	$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) launch/run.py model=tiny-ti2v ckpt_dir=$(DEMO_CKPT) \
+	    manifest=examples/prompts.csv out_dir=$(DEMO_OUT) logger=wandb
+	$(BIN)/wan-dist report $(DEMO_OUT)
 	@echo
 	@echo "videos + sidecars: $(DEMO_OUT)/videos/   ledger: $(DEMO_OUT)/results.jsonl"
 	@echo "timings report:    $(DEMO_OUT)/report/report.md (plots: $(DEMO_OUT)/report/*.png)"
+	@echo "W&B offline run:   $(DEMO_OUT)/wandb/offline-run-* (upload: wandb sync <that dir>)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -58,6 +58,9 @@ def _run_check(args) -> int:
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "tiny-checkpoint": ("write a tiny random-weight native checkpoint", _add_tiny, _run_tiny),
     "check-checkpoint": ("validate a checkpoint directory before loading it", _add_check, _run_check),
+    "report": ("timing tables (Markdown, CSV) and plots from a run's or sweep's sidecars into OUT_DIR/report/",
+               lambda p: __import__("wan_dist.observability.report", fromlist=["x"]).add_args(p),
+               lambda a: __import__("wan_dist.observability.report", fromlist=["x"]).run_cli(a)),
 }
 
 

@@ -19,6 +19,7 @@ from .batch.manifest import load_items, single_prompt_items
 from .batch.outputs import OutputDir
 from .batch.runner import BatchRunner
 from .batch.atomic import write_bytes_atomic
+from .batch.redact import redact
 from .models import checkpoint
 from .models.loading import load_diffusers_layout, load_native, parse_dtype
 from .models.registry import get_model
@@ -29,8 +30,14 @@ from .pipeline.generator import WanGenerator
 
 log = logging.getLogger("wan_dist")
 
+# Exit codes (also in README "Exit codes"): 0 all items ok or skipped; 2 user error (bad config / manifest /
+# checkpoint; nothing was run or written); 3 the batch finished but some items failed (see results.jsonl);
+# 74 (EX_IOERR) out_dir cannot take more data (disk full, quota, read-only): finished items are kept, rerun after
+# freeing space; 75 (EX_TEMPFAIL) stopped by SIGTERM / SIGUSR1 / SIGINT at a safe point: requeue, the rerun resumes.
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 3      # the batch finished but some items failed (see results.jsonl)
+EXIT_OUTPUT_UNWRITABLE = 74  # EX_IOERR: disk full / quota / read-only out_dir; nothing partial is left
+EXIT_PREEMPTED = 75        # EX_TEMPFAIL: stopped by a signal between items or denoise steps; requeue and rerun
 
 
 def setup_logging(rank: int) -> None:
@@ -74,6 +81,7 @@ def write_config(out: OutputDir, cfg, ctx) -> None:
     import json
     doc = {"config": json.loads(json.dumps(config_mod.to_dict(cfg))), "versions": versions(), "layout": ctx.describe(),
            "argv": sys.argv[1:]}
+    doc = redact(doc)  # no API key / token (env values, key=value overrides, secret-named keys) reaches the file
     write_bytes_atomic(out.root / "config.yaml", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode())
 
 
@@ -102,8 +110,10 @@ def run(cfg, ctx=None, parallel=None) -> int:
     if ctx.is_main:
         out.prepare()
         write_config(out, cfg, ctx)
+    ctx.barrier()  # the ledger's torn tail (if any) is repaired before any writer appends
     t0 = time.perf_counter()
-    loaded, dtype, t5_device = load_models(cfg, spec, device, layout)
+    loader = parallel.load_models if parallel is not None else load_models   # parallel: sharded DiT loading
+    loaded, dtype, t5_device = loader(cfg, spec, device, layout)
     if parallel is not None:
         parallel.apply(loaded, ctx)
     model_load_s = time.perf_counter() - t0
@@ -115,7 +125,7 @@ def run(cfg, ctx=None, parallel=None) -> int:
     progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
     gen.on_step = progress.step
     sink = make_sink(cfg, out.root, is_logger=ctx.is_main)
-    sink.log_config(config_mod.to_dict(cfg))
+    sink.log_config(redact(config_mod.to_dict(cfg)))
     run_info = {"model_load_s": round(model_load_s, 6), "load_seconds": load_seconds,
                 "checkpoint_dtype": loaded.stats.checkpoint_dtype, "dtype": str(dtype).replace("torch.", ""),
                 "device": str(device), "ckpt_dir": str(cfg.ckpt_dir)}
@@ -132,4 +142,8 @@ def run(cfg, ctx=None, parallel=None) -> int:
     if ctx.is_writer:
         log.info("summary: %s", summary.line())
         log.info("outputs: %s (videos/, results.jsonl)", out.root)
+    if summary.aborted:
+        return EXIT_OUTPUT_UNWRITABLE
+    if summary.preempted:
+        return EXIT_PREEMPTED
     return EXIT_ITEMS_FAILED if summary.failed else EXIT_OK

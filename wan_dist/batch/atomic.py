@@ -18,13 +18,34 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+TMP_TAG = ".tmp-"  # temp names: .<name>.tmp-<pid>; a leftover one (crash, SIGKILL) is removed on resume
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+
+
+def remove_stale_temps(directory: Path, name: str) -> list[Path]:
+    """Remove leftover temp files of `name` (e.g. `a.mp4`) in `directory`; returns what was removed."""
+    removed = []
+    for p in Path(directory).glob(f".{name}{TMP_TAG}*"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _write_all(fh, data: bytes) -> None:
+    """One indirection so tests can simulate a disk that fills up half way through a write."""
+    fh.write(data)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            _write_all(fh, data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,14 @@ class Item:
     request: GenerationRequest
 
 
-def derive_id(index: int, prompt: str) -> str:
-    """Row without an id: its position plus a hash of its prompt (so an edited prompt is a new item)."""
-    return f"row{index:05d}-{hashlib.sha1(prompt.encode()).hexdigest()[:8]}"
+def derive_id(index: int, prompt: str, row: dict | None = None) -> str:
+    """Row without an id: a hash of what the row asks for (prompt and every other given column), so the same row
+    gets the same id - and so the same derived seed - on a rerun and in a reordered manifest, and an edited row is a
+    new item. `index` is unused (kept for callers); identical rows are told apart by load_items (-2, -3, ...)."""
+    content = {k: v for k, v in (row or {}).items() if v is not None and k != "id"}
+    content["prompt"] = prompt
+    digest = hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"p-{digest}"
 
 
 def check_id(item_id: str) -> None:
@@ -49,35 +55,46 @@ def check_id(item_id: str) -> None:
         raise ValueError(f"id={item_id!r}: must match [A-Za-z0-9._-]{{1,128}} (and not be . or ..)")
 
 
-def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, raw dict) per row."""
-    text = path.read_text(encoding="utf-8-sig")
+def _read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, raw dict) per row, and the problems of rows that could not be read at all."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    rows, problems = [], []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ManifestError([f"{path}:{n}: not valid JSON ({e.msg})"]) from None
+                problems.append(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
+                continue
             if not isinstance(obj, dict):
-                raise ManifestError([f"{path}:{n}: each line must be a JSON object"])
+                problems.append(f"{path}:{n}: each line must be a JSON object, got {type(obj).__name__}")
+                continue
             rows.append((n, obj))
-        return rows
+        return rows, problems
     if path.suffix.lower() != ".csv":
         raise ValueError(f"manifest={str(path)!r}: must end in .csv or .jsonl")
     reader = csv.DictReader(text.splitlines(keepends=True))
-    rows = []
+    if reader.fieldnames is None:
+        raise ManifestError([f"{path}:1: empty manifest (needs a header with at least 'prompt')"])
+    header = [h.strip() if h else h for h in reader.fieldnames]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise ManifestError([f"{path}:1 {h}: column appears more than once in the header" for h in dupes])
+    reader.fieldnames = header
     for row in reader:
         if None in row:  # more cells than header columns
-            raise ManifestError([f"{path}:{reader.line_num}: more cells than header columns"])
+            problems.append(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells but the header has "
+                            f"{len(header)} columns (quote cells that contain commas)")
+            continue
         if all((v or "").strip() == "" for v in row.values()):
             continue
         rows.append((reader.line_num, row))
-    if reader.fieldnames is None:
-        raise ManifestError([f"{path}:1: empty manifest (needs a header with at least 'prompt')"])
-    return rows
+    return rows, problems
 
 
 def _typed(column: str, value, typ):
@@ -94,9 +111,12 @@ def _typed(column: str, value, typ):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(str(value).strip()) if isinstance(value, str) else int(value)
-        return float(value)
-    except (TypeError, ValueError):
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{column}={value!r}: must be {'an integer' if typ is int else 'a number'}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{column}={value!r}: must be a finite number")
+    return out
 
 
 def check_image(path: Path, shown: str) -> None:
@@ -116,15 +136,14 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest={str(path)!r}: file not found")
-    rows = _read_rows(path)
-    problems: list[str] = []
+    rows, problems = _read_rows(path)
     items: list[Item] = []
     seen: dict[str, int] = {}
-    if not rows:
-        raise ManifestError([f"{path}: no rows"])
+    if not rows and not problems:
+        raise ManifestError([f"{path}: no rows (needs a header with at least 'prompt' and one row)"])
     for index, (line, raw) in enumerate(rows):
         where = f"{path}:{line}"
-        unknown = sorted(set(raw) - set(COLUMNS))
+        unknown = sorted(set(raw) - set(COLUMNS), key=str)
         for col in unknown:
             problems.append(f"{where} {col}={raw[col]!r}: unknown column; known: {', '.join(COLUMNS)}")
         if unknown:
@@ -142,7 +161,14 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
         if prompt is None or not prompt.strip():
             problems.append(f"{where} prompt={prompt!r}: must be a non-empty string")
             continue
-        item_id = row.get("id") or derive_id(index, prompt)
+        if row.get("id") is None:
+            item_id = base = derive_id(index, prompt, row)
+            k = 1
+            while item_id in seen:  # identical rows: the k-th copy gets -k (each its own video and seed)
+                k += 1
+                item_id = f"{base}-{k}"
+        else:
+            item_id = row["id"]
         try:
             check_id(item_id)
         except ValueError as e:
@@ -153,10 +179,12 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
             continue
         seen[item_id] = line
         if row.get("image"):
+            if spec.image == "none":
+                problems.append(f"{where} image={row['image']!r}: {spec.name} is text-to-video and takes no image")
+                continue
             img_path = (path.parent / row["image"]).resolve()
             try:
-                if spec.image != "none":
-                    check_image(img_path, row["image"])
+                check_image(img_path, row["image"])
             except ValueError as e:
                 problems.append(f"{where} {e}")
                 continue
@@ -177,5 +205,5 @@ def single_prompt_items(cfg: RunConfig, spec: ModelSpec) -> list[Item]:
         if spec.image != "none":
             check_image(img, cfg.image)
         row["image"] = str(img)
-    item_id = derive_id(0, cfg.prompt or "")
+    item_id = derive_id(0, cfg.prompt or "", {"image": cfg.image})
     return [Item(0, 0, build_request(cfg, spec, row, item_id))]

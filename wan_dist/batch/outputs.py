@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..pipeline.video_io import encode_mp4, probe_mp4
-from .atomic import append_line_durable, write_bytes_atomic, write_json_atomic
+from .atomic import append_line_durable, fsync_dir, remove_stale_temps, write_bytes_atomic, write_json_atomic
 from .manifest import check_id
+from .redact import redact
 
 LEDGER = "results.jsonl"
 
@@ -25,7 +26,16 @@ class OutputDir:
         self.ledger = self.root / LEDGER
 
     def prepare(self) -> None:
+        """Main rank, before any writer starts: create videos/ and end a torn last ledger line (a crash during an
+        append) with a newline, so the next append starts a line of its own."""
         self.videos.mkdir(parents=True, exist_ok=True)
+        if self.ledger.exists() and self.ledger.stat().st_size:
+            with open(self.ledger, "rb") as fh:
+                fh.seek(-1, 2)
+                torn = fh.read(1) != b"\n"
+            if torn:
+                append_line_durable(self.ledger, "")
+        fsync_dir(self.root)
 
     def path_for(self, item_id: str, suffix: str) -> Path:
         """videos/<id><suffix>, refusing anything that would land outside out_dir."""
@@ -45,11 +55,11 @@ class OutputDir:
 
     def write_sidecar(self, item_id: str, sidecar: dict) -> Path:
         path = self.path_for(item_id, ".json")
-        write_json_atomic(path, sidecar)
+        write_json_atomic(path, redact(sidecar))
         return path
 
     def append_ledger(self, record: dict) -> None:
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+        record = redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record})
         append_line_durable(self.ledger, json.dumps(record, ensure_ascii=False, default=str))
 
     # -- resume -------------------------------------------------------------------------------------------------
@@ -67,14 +77,26 @@ class OutputDir:
                 last[rec["id"]] = rec
         return last
 
+    def remove_stale_temps(self, item_id: str, suffix: str) -> list[Path]:
+        return remove_stale_temps(self.videos, self.path_for(item_id, suffix).name)
+
+    def has_leftovers(self, item_id: str) -> bool:
+        return any(self.path_for(item_id, s).exists() for s in (".mp4", ".json"))
+
     def is_complete(self, item_id: str, record: dict | None) -> bool:
-        """ok in the ledger, sidecar parses, mp4 opens with frames."""
+        """ok in the ledger, the sidecar parses and names this id, the mp4 has exactly the byte count the sidecar
+        recorded (a truncated file fails here) and opens with as many video packets as frames."""
         if not record or record.get("status") != "ok":
             return False
         try:
-            sidecar = json.loads(self.path_for(item_id, ".json").read_text())
-            if sidecar.get("id") != item_id:
+            sidecar = json.loads(self.path_for(item_id, ".json").read_text(encoding="utf-8"))
+            if not isinstance(sidecar, dict) or sidecar.get("id") != item_id:
                 return False
-            return probe_mp4(self.path_for(item_id, ".mp4"))["packets"] > 0
+            mp4 = self.path_for(item_id, ".mp4")
+            video = sidecar.get("video") or {}
+            if "bytes" in video and mp4.stat().st_size != video["bytes"]:
+                return False
+            packets = probe_mp4(mp4)["packets"]
+            return packets > 0 and packets == video.get("frames", packets)
         except Exception:
             return False

@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from ..observability.figures import item_total, reduce_item_times
 from ..observability.timer import StageTimer
 from .manifest import Item
 from .outputs import OutputDir
@@ -89,6 +90,8 @@ def _test_hook_kill(item_id: str, stage: str) -> None:
 
 
 class BatchRunner:
+    stop_between_steps = True   # False: a stop signal is only honoured between items
+
     def __init__(self, *, cfg, spec, generator, out: OutputDir, ctx, model_load_s: float, run_info: dict,
                  sink=None, progress=None):
         self.cfg, self.spec, self.gen, self.out, self.ctx = cfg, spec, generator, out, ctx
@@ -140,18 +143,24 @@ class BatchRunner:
             if inner_on_step is not None:
                 inner_on_step(i, total)
             # between two denoise steps (not after the last: that item is as good as done)
-            if i + 1 < total and not self._agree(not self.stop.requested):
+            if self.stop_between_steps and i + 1 < total and not self._agree(not self.stop.requested):
                 raise Preempted(f"stop requested at denoise step {i + 1}/{total}")
 
         self.gen.on_step = on_step
+        stopped_mid_item = False
+        n = 0
         try:
             with self.stop:
-                n = 0
                 while True:
                     # one turn = at most one item per replica; every rank of the world takes part in both calls
-                    stop = self.ctx.world_any(self.stop.requested or summary.aborted is not None)
+                    stop = self.ctx.world_any(self.stop.requested or stopped_mid_item or summary.aborted is not None)
                     more = self.ctx.world_any(n < len(todo))
-                    if stop or not more:
+                    if stop:
+                        if summary.aborted is None:
+                            summary.preempted = (signal.Signals(self.stop.signum).name if self.stop.requested
+                                                 else "a stop signal on another rank")
+                        break
+                    if not more:
                         break
                     if n < len(todo):
                         it = todo[n]
@@ -159,21 +168,14 @@ class BatchRunner:
                             self.progress.item_start(n, len(todo), it.request.id)
                         ok = self.run_one(it, summary)
                         if self.progress:
-                            self.progress.item_end(ok)
-                        if ok is None:  # preempted mid-item: it stays in the 'left' count
-                            continue_n = n
+                            self.progress.item_end(bool(ok))
+                        if ok is None:  # preempted or aborted mid-item: nothing written, the next run redoes it
+                            stopped_mid_item = True
                         else:
-                            continue_n = n + 1
-                        n = continue_n
-                        if ok is None:
-                            self.stop.signum = self.stop.signum or signal.SIGTERM
+                            n += 1
         finally:
             self.gen.on_step = inner_on_step
         summary.left = len(todo) - n
-        if self.stop.requested and summary.left:
-            summary.preempted = signal.Signals(self.stop.signum).name
-        elif self.stop.requested:
-            summary.preempted = signal.Signals(self.stop.signum).name
         return summary
 
     # -- one item -------------------------------------------------------------------------------------------------
@@ -212,6 +214,8 @@ class BatchRunner:
             log.debug("item %s traceback:\n%s", req.id, traceback.format_exc())
         if not self._agree(err is None):
             return self._fail(it, summary, err or "another rank of this replica failed this item")
+        # every rank of the replica succeeded: stage/step times become the replica's (max over ranks; collective)
+        t0 = reduce_item_times(self.ctx, timer, result.denoise, t0)
         # 3. save (writer only)
         disk_full = False
         if self.ctx.is_writer:
@@ -247,7 +251,7 @@ class BatchRunner:
             if not self._load_charged:  # the first video this process makes carries the one-time model load
                 timings["model_load"] = self.model_load_s
                 self._load_charged = True
-            timings["total"] = time.perf_counter() - t0 + timings.get("model_load", 0.0)
+            timings["total"] = item_total(timings, time.perf_counter() - t0)
             sidecar = build_sidecar(result, model=self.spec.name, fps=cfg.model.fps, is_moe=self.spec.is_moe,
                                     timings=timings, layout=self.ctx.describe(), run=self.run_info,
                                     outputs=outputs, video=video, memory=peak_memory(self.gen.device))
@@ -269,4 +273,4 @@ class BatchRunner:
     def write_extras(self, item_id: str, result) -> dict:
         """Optional outputs (latents, PNG frames); filled in by wan_dist.batch.extras."""
         from .extras import write_extras
-        return write_extras(self.out, self.cfg.output, item_id, result)
+        return write_extras(self.out, self.cfg.output, item_id, result, model=self.spec.name)

@@ -1,5 +1,24 @@
-"""Metrics sinks: where per-video rows and the run summary go. `null` imports nothing heavy."""
+"""Metrics sinks: where per-video rows and the run summary go. `null` imports nothing heavy (no wandb).
+
+Interface (all methods must never raise into the batch):
+    log_config(config: dict)            the resolved run config, once, before the first video
+    log_video(sidecar: dict, mp4_path)  one finished video (its sidecar dict and the mp4 path)
+    log_summary(summary: dict)          once at the end of the run
+    close()
+
+`make_sink` gives rank 0 of the world a `FiguresSink` (prints the four figures after each video and at the end of
+the run, and forwards to W&B when `logger=wandb`); every other rank gets the `NullSink`: exactly one process logs.
+"""
 from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from .figures import run_figures, run_line, video_line
+
+log = logging.getLogger("wan_dist.sinks")
 
 
 class NullSink:
@@ -9,9 +28,83 @@ class NullSink:
     def close(self) -> None: ...
 
 
+def _safe(fn, *args):
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - a sink never fails the batch
+        log.warning("metrics sink %s failed (%s: %s); continuing", getattr(fn, "__name__", fn), type(e).__name__, e)
+
+
+class FiguresSink:
+    """Rank 0's sink: prints the four figures and forwards everything to `inner` (NullSink or WandbSink).
+
+    Videos made by other replicas (data parallel) are not logged where they are made (one process logs); at
+    `log_summary` (after the run's final barrier) their sidecars, written during this run, are read from
+    `out_dir/videos/` and forwarded, so the W&B table and the run figures cover every video of the run."""
+
+    def __init__(self, inner, out_dir, printer=print):
+        self.inner = inner
+        self.out_dir = Path(out_dir)
+        self.t_start = time.time()
+        self.printer = printer
+        self.sidecars: dict[str, dict] = {}
+
+    def _print(self, line: str) -> None:
+        try:
+            self.printer(line, flush=True)
+        except TypeError:
+            self.printer(line)
+
+    def log_config(self, config: dict) -> None:
+        _safe(self.inner.log_config, config)
+
+    def log_video(self, sidecar: dict, mp4_path) -> None:
+        self.sidecars[str(sidecar.get("id"))] = sidecar
+        self._print(video_line(sidecar))
+        _safe(self.inner.log_video, sidecar, mp4_path)
+
+    def _collect_others(self) -> None:
+        vdir = self.out_dir / "videos"
+        if not vdir.is_dir():
+            return
+        found = []
+        for p in vdir.glob("*.json"):
+            try:
+                if p.stat().st_mtime < self.t_start - 2.0 or p.stem in self.sidecars:
+                    continue
+                sc = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(sc, dict) and "timings" in sc and str(sc.get("id")) not in self.sidecars:
+                found.append((p.stat().st_mtime, sc))
+        for _, sc in sorted(found, key=lambda x: x[0]):
+            mp4 = self.out_dir / (sc.get("outputs") or {}).get("mp4", f"videos/{sc.get('id')}.mp4")
+            self.log_video(sc, mp4)
+
+    def log_summary(self, summary: dict) -> None:
+        try:
+            self._collect_others()
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not read the other replicas' sidecars: %s", e)
+        fig = run_figures(list(self.sidecars.values()), summary.get("model_load_s"))
+        self._print(run_line(fig))
+        _safe(self.inner.log_summary, {**summary, **{f"run/{k}": v for k, v in fig.items()}})
+
+    def close(self) -> None:
+        _safe(self.inner.close)
+
+
 def make_sink(cfg, out_dir, is_logger: bool):
-    """Exactly one process logs (`is_logger`); every other process gets the null sink."""
-    if cfg.logger.kind == "none" or not is_logger:
+    """Exactly one process logs (`is_logger`, rank 0 of the world); every other process gets the null sink.
+    `logger=none` never imports wandb."""
+    if not is_logger:
         return NullSink()
-    from .wandb_sink import WandbSink
-    return WandbSink(cfg, out_dir)
+    inner = NullSink()
+    if cfg.logger.kind == "wandb":
+        try:
+            from .wandb_sink import WandbSink
+            inner = WandbSink(cfg, out_dir)
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B sink unavailable (%s: %s); continuing without W&B", type(e).__name__, e)
+            inner = NullSink()
+    return FiguresSink(inner, out_dir)

@@ -4,6 +4,7 @@ Stages: text_encode -> latents (noise + image conditioning) -> denoise (incl. ex
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -91,6 +92,8 @@ class WanGenerator:
         if self.offload:
             for model in self.m.dits.values():
                 model.to("cpu")
+        if req.id in os.environ.get("WAN_DIST_TEST_INJECT_NAN", "").split(","):
+            res.latents = torch.full_like(res.latents, float("nan"))  # TEST HOOK (see wan_dist.batch.runner)
         if self.check_finite and not torch.isfinite(res.latents).all():
             raise FloatingPointError(f"item {req.id}: latents contain NaN or Inf after denoising")
         with timer.stage("vae_decode"):

@@ -1,0 +1,31 @@
+"""torchrun worker for tests/test_distributed.py: several runs (model x layout) in ONE process group, so the suite
+pays the torchrun + import start-up once. argv[1]: JSON list of {"overrides": [...], "dump": dir}; each run's exit
+code goes to <dump>/rc<rank>. Not collected by pytest (no test_ prefix)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from wan_dist import config as config_mod
+from wan_dist.distributed.plan import DUMP_ENV
+from wan_dist.distributed.runtime import run_distributed
+
+
+def main() -> None:
+    runs = json.loads(Path(sys.argv[1]).read_text())
+    dist.init_process_group("gloo")        # run_distributed sees it and leaves it alone (owns_pg False)
+    rank = dist.get_rank()
+    try:
+        for r in runs:
+            os.environ[DUMP_ENV] = r["dump"]
+            code = run_distributed(config_mod.compose(r["overrides"]))
+            Path(r["dump"]).mkdir(parents=True, exist_ok=True)
+            Path(r["dump"], f"rc{rank}").write_text(str(code))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

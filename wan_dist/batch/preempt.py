@@ -1,0 +1,59 @@
+"""Preemption: SIGTERM, SIGUSR1 (what Slurm sends before a kill, with `--signal=USR1@90`) and SIGINT ask the run to
+stop at the next safe point: between items, or between two denoise steps (the item in flight is dropped, nothing
+of it is written, and the next run redoes it). The handler only sets a flag; the batch loop checks it, agrees with
+the other ranks (`ctx.world_any` / the replica) so every rank stops at the same point, flushes the ledger and the
+run exits with EXIT_PREEMPTED (75, EX_TEMPFAIL: "try again later", meant for requeue).
+
+A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class Preempted(Exception):
+    """Raised between denoise steps when a stop was requested; the item is neither ok nor failed."""
+
+
+class StopFlag:
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            log.warning("received %s: stopping at the next safe point (between items or denoise steps)",
+                        signal.Signals(signum).name)
+        self.signum = signum
+
+    def install(self) -> "StopFlag":
+        """Install the handlers (main thread only; elsewhere, e.g. in a worker thread, this is a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for s in STOP_SIGNALS:
+            self._previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+
+    def __enter__(self):
+        return self.install()
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False

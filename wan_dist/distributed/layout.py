@@ -1,0 +1,125 @@
+"""The parallel layout, checked against the world size before any process group exists (DESIGN §3).
+
+world = dp x cfg x ring x ulysses. Every rule failure is a ValueError naming the field, the value and the rule, so a
+bad layout costs no model load and no `init_process_group`. Pure Python: no torch.distributed here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.registry import get_model
+from ..pipeline.sizes import correct_frame_num, parse_size, token_count
+
+# diffusers attention backends whose kernels return the log-sum-exp that ring attention needs (all GPU-only)
+LSE_BACKENDS = ("flash", "_native_flash", "_native_cudnn", "sage")
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp: int
+    cfg: int
+    ring: int
+    ulysses: int
+    fsdp: bool
+    t5_fsdp: bool
+
+    @property
+    def replica_size(self) -> int:
+        return self.cfg * self.ring * self.ulysses
+
+    @property
+    def sp(self) -> int:
+        return self.ring * self.ulysses
+
+    def degrees(self) -> dict:
+        return {"dp": self.dp, "cfg": self.cfg, "ulysses": self.ulysses, "ring": self.ring}
+
+
+def resolve_layout(cfg, world_size: int) -> Layout:
+    """dp=-1 becomes whatever the world size leaves; the product must equal the world size."""
+    p = cfg.parallel
+    inner = p.cfg * p.ulysses * p.ring
+    if p.dp == -1:
+        if world_size % inner:
+            raise ValueError(f"parallel.dp=-1: world size {world_size} is not divisible by cfg x ulysses x ring = "
+                             f"{p.cfg} x {p.ulysses} x {p.ring} = {inner}; the product must equal the world size")
+        dp = world_size // inner
+    else:
+        dp = p.dp
+    if dp * inner != world_size:
+        raise ValueError(f"parallel.dp={p.dp}: dp x cfg x ulysses x ring = {dp} x {p.cfg} x {p.ulysses} x {p.ring} = "
+                         f"{dp * inner} must equal the world size {world_size} (dp=-1 takes whatever is left)")
+    return Layout(dp=dp, cfg=p.cfg, ring=p.ring, ulysses=p.ulysses, fsdp=p.fsdp, t5_fsdp=p.t5_fsdp)
+
+
+def guidance_on(cfg) -> bool:
+    s = cfg.sample
+    scales = [s.guide_scale if s.guide_scale is not None else cfg.model.guide_scale]
+    if cfg.model.boundary is not None:
+        high = s.guide_scale_high if s.guide_scale_high is not None else cfg.model.guide_scale_high
+        scales.append(high if high is not None else scales[0])
+    return any(g > 1.0 for g in scales)
+
+
+def nearest_fitting_size(spec, frame_num: int, w: int, h: int, sp: int) -> tuple[int, int] | None:
+    """The size closest to (w, h) (sum of |dW| + |dH|) whose token count divides by sp; official sizes when the model
+    has a list, else multiples of the VAE stride x patch."""
+    if spec.sizes:
+        cands = [parse_size(s) for s in spec.sizes]
+    else:
+        m = spec.size_multiple
+        cands = [(cw, ch) for cw in range(max(m, w - 16 * m), w + 16 * m + 1, m) if cw % m == 0
+                 for ch in range(max(m, h - 16 * m), h + 16 * m + 1, m) if ch % m == 0]
+    fits = [(abs(cw - w) + abs(ch - h), cw, ch) for cw, ch in cands if token_count(spec, frame_num, cw, ch) % sp == 0]
+    return (min(fits)[1], min(fits)[2]) if fits else None
+
+
+def check_tokens(spec, size: tuple[int, int], frame_num: int, sp: int, field: str) -> None:
+    """Ulysses/ring split the token sequence evenly: T x h/2 x w/2 must divide by ulysses x ring."""
+    if sp == 1:
+        return
+    w, h = size
+    frames, _ = correct_frame_num(frame_num)
+    n = token_count(spec, frames, w, h)
+    if n % sp:
+        near = nearest_fitting_size(spec, frames, w, h, sp)
+        hint = f"; nearest size that fits: {near[0]}*{near[1]}" if near else "; no nearby size fits"
+        raise ValueError(f"{field}={w}*{h}: {n} tokens ({frames} frames) must be divisible by ulysses x ring = "
+                         f"{sp} to split the sequence evenly{hint}")
+
+
+def attention_backend_for(cfg) -> str:
+    """The backend the DiT attention runs with: native SDPA on CPU (no LSE); GPU runs may pick an LSE kernel."""
+    dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return "_native_cudnn" if dev == "cuda" else "native"
+
+
+def check_layout(cfg, world_size: int) -> Layout:
+    """Every parallel rule that needs no model weights; called by config.validate(cfg, world_size)."""
+    spec = get_model(cfg.model.name)
+    lay = resolve_layout(cfg, world_size)
+    if spec.num_heads % lay.ulysses:
+        raise ValueError(f"parallel.ulysses={lay.ulysses}: must divide the head count of {spec.name} "
+                         f"({spec.num_heads})")
+    if lay.ring > 1 and attention_backend_for(cfg) not in LSE_BACKENDS:
+        raise ValueError(f"parallel.ring={lay.ring}: ring attention needs an attention backend that returns LSE "
+                         f"({', '.join(LSE_BACKENDS)}; GPU only); this run uses '{attention_backend_for(cfg)}' on "
+                         f"device={cfg.device}. Use parallel.ulysses instead")
+    if lay.cfg == 2 and not guidance_on(cfg):
+        raise ValueError(f"parallel.cfg={lay.cfg}: CFG-parallel needs guidance on (a guide scale > 1.0); with "
+                         "guidance off there is no unconditional pass to run on the other half")
+    size = parse_size(cfg.sample.size or cfg.model.size, "sample.size")
+    frames = cfg.sample.frame_num if cfg.sample.frame_num is not None else cfg.model.frame_num
+    field = "sample.size" if cfg.sample.size else "model.size"
+    check_tokens(spec, size, frames, lay.sp, field)
+    return lay
+
+
+def check_items(items, spec, lay: Layout) -> None:
+    """Per-row check for manifests that override size or frame_num (image-sized rows are checked by the model)."""
+    for it in items:
+        req = it.request
+        if req.image is None:
+            check_tokens(spec, tuple(req.size), req.frame_num, lay.sp, f"manifest row {it.index} ({req.id}) size")

@@ -1,0 +1,220 @@
+"""Weights & Biases sink (`logger=wandb`). Only rank 0 of the world constructs one (see sinks.make_sink).
+
+- `logger.mode=offline` (default): files under `<out_dir>/wandb/` (dir set explicitly), no network at all;
+  `wandb sync <out_dir>/wandb/offline-run-*` uploads them later. `online` needs WANDB_API_KEY in the environment.
+- project / group / name / tags from `cfg.logger`; name defaults to the out_dir's name.
+- the resolved config (secret-looking keys dropped), per video a row of the `videos` Table (prompt, seed,
+  settings, timings, the mp4 as `wandb.Video(path)`), the per-step times as a series (`step/seconds` against
+  `step/global`, plus a `per_step` Table), per-video scalars (`video/*` against `video/index`) and a run summary.
+- Any W&B failure (import, init, log, finish) is logged as a warning and turns the sink off: never a failed batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+log = logging.getLogger("wan_dist.wandb")
+_USER_DATA_DIR = os.environ.get("WANDB_DATA_DIR")  # a user's own choice wins over ours
+
+SECRET_RE = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.I)
+
+# settings that go into the table rows (prompt and seed are columns of their own)
+SETTINGS = ("model", "size", "frame_num", "fps", "steps", "shift", "solver", "guide_scale", "guide_scale_high",
+            "cfg_truncate_steps", "cfg_truncate_high_noise_steps", "image")
+TIMING_KEYS = ("model_load", "text_encode", "latents", "denoise", "expert_switch", "vae_decode", "save", "total")
+VIDEO_COLUMNS = (["id", "prompt", "seed"] + list(SETTINGS) + [f"{k}_s" for k in TIMING_KEYS]
+                 + ["inference_s", "frames_per_second", "expert_switches", "forwards", "peak_memory_mib", "mp4", "video"])
+STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "seconds"]
+
+
+def scrub(obj):
+    """Drop keys that look like credentials, recursively (the run config holds none today; belt and braces)."""
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items() if not SECRET_RE.search(str(k))}
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+def _cell(v):
+    if isinstance(v, (list, tuple, dict)):
+        return str(v)
+    return v
+
+
+class WandbSink:
+    def __init__(self, cfg, out_dir):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.run = None
+        self.wandb = None
+        self.rows: list[list] = []
+        self.step_rows: list[list] = []
+        self.n_videos = 0
+        self.global_step = 0
+        lc = cfg.logger
+        try:
+            import wandb
+            self.wandb = wandb
+            wdir = self.out_dir / "wandb"  # wandb.init(dir=out_dir) writes its runs under out_dir/wandb/
+            wdir.mkdir(parents=True, exist_ok=True)
+            if lc.mode == "offline" and not _USER_DATA_DIR:  # Table artifacts are staged here: keep the run self-contained
+                os.environ["WANDB_DATA_DIR"] = str((wdir / "data").resolve())
+            settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False,
+                                      x_disable_stats=True)
+            self.run = wandb.init(project=lc.project, group=lc.group, name=lc.name or self.out_dir.resolve().name,
+                                  tags=list(lc.tags or ()), mode=lc.mode, dir=str(self.out_dir), job_type="inference",
+                                  reinit="create_new", settings=settings)
+            self.run.define_metric("step/global")
+            self.run.define_metric("step/*", step_metric="step/global")
+            self.run.define_metric("video/index")
+            self.run.define_metric("video/*", step_metric="video/index")
+            log.info("W&B run %s (%s) in %s", self.run.name, lc.mode, wdir)
+        except Exception as e:  # noqa: BLE001 - observability never fails a batch
+            self._fail("init", e)
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _fail(self, what: str, e: BaseException) -> None:
+        log.warning("W&B %s failed (%s: %s); continuing without W&B", what, type(e).__name__, e)
+        run, self.run = self.run, None
+        if run is not None and what != "finish":
+            try:
+                run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def log_config(self, config: dict) -> None:
+        if not self.active:
+            return
+        try:
+            self.run.config.update(scrub(config), allow_val_change=True)
+        except Exception as e:  # noqa: BLE001
+            self._fail("config", e)
+
+    def log_video(self, sidecar: dict, mp4_path) -> None:
+        if not self.active:
+            return
+        try:
+            wandb, sc = self.wandb, sidecar
+            t = sc.get("timings", {})
+            mem = (sc.get("peak_memory") or {}).get("bytes")
+            mp4 = Path(mp4_path)
+            video = wandb.Video(str(mp4), format="mp4") if mp4.is_file() else None
+            self.rows.append([_cell(sc.get("id")), sc.get("prompt"), str(sc.get("seed"))]
+                             + [_cell(sc.get(k)) for k in SETTINGS]
+                             + [t.get(k) for k in TIMING_KEYS]
+                             + [sc.get("inference_s"), sc.get("frames_per_second"), sc.get("expert_switches"),
+                                _cell(sc.get("forwards")), round(mem / 2**20, 1) if mem else None,
+                                (sc.get("outputs") or {}).get("mp4"), video])
+            experts = sc.get("step_experts") or []
+            timesteps = sc.get("timesteps") or []
+            cfg_on = sc.get("cfg_on") or []
+            for i, s in enumerate(sc.get("per_step_s") or []):
+                ex = experts[i] if i < len(experts) else None
+                self.step_rows.append([sc.get("id"), i, ex, timesteps[i] if i < len(timesteps) else None,
+                                       cfg_on[i] if i < len(cfg_on) else None, s])
+                self.run.log({"step/global": self.global_step, "step/seconds": s, "step/index_in_video": i,
+                              "step/expert_low": int(ex == "low"), "step/video_index": self.n_videos})
+                self.global_step += 1
+            row = {"video/index": self.n_videos, "video/inference_s": sc.get("inference_s"),
+                   "video/frames_per_second": sc.get("frames_per_second"),
+                   "video/expert_switches": sc.get("expert_switches")}
+            row.update({f"video/{k}_s": t.get(k) for k in TIMING_KEYS})
+            if video is not None:  # a Video object of its own: one bound to the history is not re-serialised in a Table
+                row["video/mp4"] = wandb.Video(str(mp4), format="mp4")
+            self.run.log(row)
+            self.n_videos += 1
+        except Exception as e:  # noqa: BLE001
+            self._fail("log", e)
+
+    def log_summary(self, summary: dict) -> None:
+        if not self.active:
+            return
+        try:
+            wandb = self.wandb
+            if self.rows:
+                self.run.log({"videos": wandb.Table(columns=VIDEO_COLUMNS, data=self.rows),
+                              "per_step": wandb.Table(columns=STEP_COLUMNS, data=self.step_rows)})
+            for k, v in scrub(summary).items():
+                self.run.summary[k] = v
+        except Exception as e:  # noqa: BLE001
+            self._fail("summary", e)
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        try:
+            run_dir = Path(self.run.dir).parent if getattr(self.run, "dir", None) else self.out_dir / "wandb"
+            self.run.finish()
+            if self.cfg.logger.mode == "offline":
+                log.info("W&B offline run written to %s (upload later: wandb sync %s)", run_dir, run_dir)
+        except Exception as e:  # noqa: BLE001
+            self._fail("finish", e)
+        self.run = None
+
+
+def read_offline_records(wandb_file):
+    """Records of an offline `run-*.wandb` file (LevelDB-log framing: a 7-byte header, 32 KiB blocks, 7-byte
+    record headers crc32/length/type with FULL=1 FIRST=2 MIDDLE=3 LAST=4), parsed as wandb's `Record` protobuf.
+    For tests and offline inspection; no network, no wandb-core."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(wandb_file).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{wandb_file}: not a W&B datastore file")
+    block, pos, buf, out = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            buf = chunk
+        elif kind == 2:
+            buf = chunk
+            continue
+        elif kind == 3:
+            buf += chunk
+            continue
+        elif kind == 4:
+            buf += chunk
+        else:
+            break
+        rec = pb.Record()
+        rec.ParseFromString(buf)
+        out.append(rec)
+        buf = b""
+    return out
+
+
+def offline_history(wandb_file) -> list[dict]:
+    """The logged history rows (key -> JSON-decoded value) of an offline run file."""
+    import json
+    rows = []
+    for rec in read_offline_records(wandb_file):
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({".".join(i.nested_key) or i.key: json.loads(i.value_json) for i in rec.history.item})
+    return rows
+
+
+def offline_summary(wandb_file) -> dict:
+    """The last summary written to an offline run file (key -> JSON-decoded value)."""
+    import json
+    summary: dict = {}
+    for rec in read_offline_records(wandb_file):
+        if rec.WhichOneof("record_type") == "summary":
+            for i in rec.summary.update:
+                summary[".".join(i.nested_key) or i.key] = json.loads(i.value_json)
+    return summary

@@ -5,7 +5,8 @@ neighbouring ranks (same node). Named sub-meshes built here once:
     replica  = cfg x ring x ulysses flattened  (FSDP shard group; replica-wide agreement and VAE split)
     sp       = ring x ulysses (the 2-D ("ring", "ulysses") slice diffusers' context parallelism wants)
     world    = every dim flattened (stop flags, config check)
-Nothing else in wan-dist calls new_group / init_device_mesh.
+Nothing else in wan-dist calls new_group / init_device_mesh. Under torchrun's shared agent store, init uses this
+attempt's own store namespace (rendezvous.py) so a restarted group never reads a dead attempt's keys.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from .layout import Layout
+from .rendezvous import attempt_store, uses_shared_agent_store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,12 @@ def init_process_group(backend: str, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
+    if uses_shared_agent_store():
+        # torchrun shares one store across restarts: give this attempt its own namespace (rendezvous.py)
+        store, rank, world = attempt_store(default_pg_timeout)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+    else:
+        dist.init_process_group(backend=backend)
 
 
 def destroy_process_group() -> None:

@@ -20,8 +20,10 @@ from wan_dist.models.convert import (
     to_native_state_dict,
 )
 
-NATIVE_KEYS = Path(os.environ.get("WAN_DIST_NATIVE_KEYS")
-                   or Path(__file__).resolve().parents[2] / "shared/reference/native_keys.json")
+# A copy of the project's reference (../shared/reference/native_keys.json) so a clone tests on its own;
+# test_native_keys_copy_matches_the_shared_reference flags drift when the shared file is present.
+NATIVE_KEYS = Path(os.environ.get("WAN_DIST_NATIVE_KEYS") or Path(__file__).resolve().parent / "data/native_keys.json")
+SHARED_KEYS = Path(__file__).resolve().parents[2] / "shared/reference/native_keys.json"
 REAL = {
     "t2v-1.3B": "dit",
     "t2v-14B": "dit",
@@ -153,3 +155,8 @@ def test_errors():
     with pytest.raises(ValueError, match="unmappable library"):
         library_to_native_keys("dit", ["blocks.0.attn1.not_there.weight"])
     assert COMPONENTS == ("dit", "vae2.1", "vae2.2", "t5")
+
+
+@pytest.mark.skipif(not SHARED_KEYS.exists(), reason=f"no shared reference at {SHARED_KEYS}")
+def test_native_keys_copy_matches_the_shared_reference():
+    assert json.loads(NATIVE_KEYS.read_text()) == json.loads(SHARED_KEYS.read_text())

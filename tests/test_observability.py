@@ -257,6 +257,26 @@ def test_only_rank0_logs(tmp_path):
     assert isinstance(make_sink(cfg, tmp_path, is_logger=True), FiguresSink)
 
 
+def test_figures_sink_keeps_totals_not_sidecars(tmp_path):
+    """A long batch: the sink keeps running totals (no sidecar per video) and the run line equals run_figures over
+    every sidecar; a repeated id is printed but counted once."""
+    from wan_dist.observability.figures import run_figures, run_line
+    from wan_dist.observability.sinks import FiguresSink, NullSink
+    lines = []
+    sink = FiguresSink(NullSink(), tmp_path, printer=lambda line, **k: lines.append(line))
+    scs = [{"id": f"v{i}", "inference_s": 0.1 + i * 1e-3, "video": {"frames": 5 + i % 3},
+            "timings": {"expert_switch": 0.01 * (i % 2)}, "expert_switches": i % 2, "run": {"model_load_s": 1.5},
+            "per_step_s": [0.01] * 40} for i in range(500)]
+    for sc in scs:
+        sink.log_video(sc, tmp_path / f"{sc['id']}.mp4")
+    sink.log_video(scs[0], tmp_path / "v0.mp4")
+    assert not any(isinstance(v, (list, dict)) and len(v) >= len(scs) for v in vars(sink).values())
+    for load in (2.0, None):
+        sink.log_summary({"model_load_s": load})
+        assert lines[-1] == run_line(run_figures(scs, load))
+    assert sink.totals.figures(None)["model_load_s"] == 1.5 and sink.totals.videos == 500
+
+
 def test_null_sink_imports_no_wandb(runs):
     assert "WANDB_IMPORTED=False" in runs["none"].stdout
     assert not (runs["none"].out / "wandb").exists()

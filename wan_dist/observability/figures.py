@@ -80,17 +80,42 @@ def video_line(sc: dict) -> str:
             f" ({(sc.get('video') or {}).get('frames', sc.get('frame_num'))} frames)")
 
 
-def run_figures(sidecars: list[dict], model_load_s: float | None) -> dict:
-    inf = sum(float(s.get("inference_s") or 0.0) for s in sidecars)
-    frames = sum(int((s.get("video") or {}).get("frames", s.get("frame_num") or 0)) for s in sidecars)
-    sw_s = sum(float((s.get("timings") or {}).get("expert_switch", 0.0)) for s in sidecars)
-    sw_n = sum(int(s.get("expert_switches") or 0) for s in sidecars)
-    if model_load_s is None:
-        model_load_s = max([float((s.get("run") or {}).get("model_load_s", 0.0)) for s in sidecars] or [0.0])
-    return {"videos": len(sidecars), "model_load_s": round(model_load_s, 6), "inference_s": round(inf, 6),
-            "inference_s_per_video": round(inf / len(sidecars), 6) if sidecars else None,
-            "expert_switch_s": round(sw_s, 6), "expert_switches": sw_n, "frames": frames,
-            "frames_per_second": round(frames / inf, 4) if inf > 0 else None}
+class RunTotals:
+    """Running sums for the run line: O(1) memory however many videos a batch makes (a 10k-prompt batch must not keep
+    10k sidecars alive just to print one line at the end)."""
+
+    def __init__(self):
+        self.videos = 0
+        self.inference_s = 0.0
+        self.frames = 0
+        self.expert_switch_s = 0.0
+        self.expert_switches = 0
+        self.max_model_load_s: float | None = None   # from the sidecars' `run` block (fallback for the run's load)
+
+    def add(self, s: dict) -> None:
+        self.videos += 1
+        self.inference_s += float(s.get("inference_s") or 0.0)
+        self.frames += int((s.get("video") or {}).get("frames", s.get("frame_num") or 0))
+        self.expert_switch_s += float((s.get("timings") or {}).get("expert_switch", 0.0))
+        self.expert_switches += int(s.get("expert_switches") or 0)
+        load = float((s.get("run") or {}).get("model_load_s", 0.0))
+        self.max_model_load_s = load if self.max_model_load_s is None else max(self.max_model_load_s, load)
+
+    def figures(self, model_load_s: float | None) -> dict:
+        if model_load_s is None:
+            model_load_s = self.max_model_load_s if self.max_model_load_s is not None else 0.0
+        inf, n = self.inference_s, self.videos
+        return {"videos": n, "model_load_s": round(model_load_s, 6), "inference_s": round(inf, 6),
+                "inference_s_per_video": round(inf / n, 6) if n else None,
+                "expert_switch_s": round(self.expert_switch_s, 6), "expert_switches": self.expert_switches,
+                "frames": self.frames, "frames_per_second": round(self.frames / inf, 4) if inf > 0 else None}
+
+
+def run_figures(sidecars, model_load_s: float | None) -> dict:
+    totals = RunTotals()
+    for s in sidecars:
+        totals.add(s)
+    return totals.figures(model_load_s)
 
 
 def run_line(fig: dict) -> str:

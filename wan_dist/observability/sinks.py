@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from .figures import run_figures, run_line, video_line
+from .figures import RunTotals, run_line, video_line
 
 log = logging.getLogger("wan_dist.sinks")
 
@@ -40,14 +40,18 @@ class FiguresSink:
 
     Videos made by other replicas (data parallel) are not logged where they are made (one process logs); at
     `log_summary` (after the run's final barrier) their sidecars, written during this run, are read from
-    `out_dir/videos/` and forwarded, so the W&B table and the run figures cover every video of the run."""
+    `out_dir/videos/` and forwarded, so the W&B table and the run figures cover every video of the run.
+
+    Memory: only running totals (RunTotals) and the ids already logged are kept, never the sidecars themselves, so a
+    long batch does not grow with every video."""
 
     def __init__(self, inner, out_dir, printer=print):
         self.inner = inner
         self.out_dir = Path(out_dir)
         self.t_start = time.time()
         self.printer = printer
-        self.sidecars: dict[str, dict] = {}
+        self.totals = RunTotals()
+        self.logged_ids: set[str] = set()   # ids only (the manifest holds them anyway); `_collect_others` skips these
 
     def _print(self, line: str) -> None:
         try:
@@ -59,7 +63,10 @@ class FiguresSink:
         _safe(self.inner.log_config, config)
 
     def log_video(self, sidecar: dict, mp4_path) -> None:
-        self.sidecars[str(sidecar.get("id"))] = sidecar
+        item_id = str(sidecar.get("id"))
+        if item_id not in self.logged_ids:   # ids are unique in a run; a repeat is never counted twice
+            self.logged_ids.add(item_id)
+            self.totals.add(sidecar)
         self._print(video_line(sidecar))
         _safe(self.inner.log_video, sidecar, mp4_path)
 
@@ -70,12 +77,12 @@ class FiguresSink:
         found = []
         for p in vdir.glob("*.json"):
             try:
-                if p.stat().st_mtime < self.t_start - 2.0 or p.stem in self.sidecars:
+                if p.stat().st_mtime < self.t_start - 2.0 or p.stem in self.logged_ids:
                     continue
                 sc = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(sc, dict) and "timings" in sc and str(sc.get("id")) not in self.sidecars:
+            if isinstance(sc, dict) and "timings" in sc and str(sc.get("id")) not in self.logged_ids:
                 found.append((p.stat().st_mtime, sc))
         for _, sc in sorted(found, key=lambda x: x[0]):
             mp4 = self.out_dir / (sc.get("outputs") or {}).get("mp4", f"videos/{sc.get('id')}.mp4")
@@ -86,7 +93,7 @@ class FiguresSink:
             self._collect_others()
         except Exception as e:  # noqa: BLE001
             log.warning("could not read the other replicas' sidecars: %s", e)
-        fig = run_figures(list(self.sidecars.values()), summary.get("model_load_s"))
+        fig = self.totals.figures(summary.get("model_load_s"))
         self._print(run_line(fig))
         _safe(self.inner.log_summary, {**summary, **{f"run/{k}": v for k, v in fig.items()}})
 

@@ -244,9 +244,39 @@ def test_wandb_failures_are_warnings(tmp_path, monkeypatch, caplog):
     w = WandbSink.__new__(WandbSink)
     w.cfg, w.out_dir, w.run, w.wandb = _cfg(tmp_path), tmp_path, BadRun(), wandb
     w.rows, w.step_rows, w.n_videos, w.global_step = [], [], 0, 0
+    w.dropped = {"videos": 0, "per_step": 0}
     w.log_video(sc | {"per_step_s": [0.1]}, tmp_path / "missing.mp4")
     assert w.run is None and any("W&B log failed" in r.message for r in caplog.records)
     w.log_summary({}), w.close()
+
+
+def test_wandb_table_rows_are_capped_and_the_drop_counted(tmp_path, monkeypatch, caplog):
+    """A long batch: the rows held for the end-of-run Tables stop at the caps; the series still get every step and
+    the summary says how many table rows were left out."""
+    import wandb
+
+    from wan_dist.observability import wandb_sink
+    from wan_dist.observability.wandb_sink import WandbSink
+    monkeypatch.setattr(wandb_sink, "TABLE_MAX_ROWS", 3)
+    monkeypatch.setattr(wandb_sink, "STEP_TABLE_MAX_ROWS", 5)
+    logged, summary = [], {}
+
+    class Run:
+        def log(self, d, *a, **k):
+            logged.append(d)
+    Run.summary = summary
+    w = WandbSink.__new__(WandbSink)
+    w.cfg, w.out_dir, w.run, w.wandb = _cfg(tmp_path), tmp_path, Run(), wandb
+    w.rows, w.step_rows, w.n_videos, w.global_step = [], [], 0, 0
+    w.dropped = {"videos": 0, "per_step": 0}
+    for i in range(4):
+        w.log_video({"id": f"v{i}", "timings": {}, "per_step_s": [0.1, 0.2]}, tmp_path / "missing.mp4")
+    assert len(w.rows) == 3 and len(w.step_rows) == 5 and w.dropped == {"videos": 1, "per_step": 3}
+    assert sum("step/seconds" in d for d in logged) == 8
+    assert sum("W&B videos table is full" in r.message for r in caplog.records) == 1
+    w.log_summary({"done": 4})
+    assert summary["wandb/videos_rows_dropped"] == 1 and summary["wandb/per_step_rows_dropped"] == 3
+    assert summary["done"] == 4
 
 
 def test_only_rank0_logs(tmp_path):

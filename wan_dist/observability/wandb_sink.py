@@ -6,6 +6,10 @@
 - the resolved config (secret-looking keys dropped), per video a row of the `videos` Table (prompt, seed,
   settings, timings, the mp4 as `wandb.Video(path)`), the per-step times as a series (`step/seconds` against
   `step/global`, plus a `per_step` Table), per-video scalars (`video/*` against `video/index`) and a run summary.
+- Memory: the two Tables are logged once, at the end, so their rows are held until then. They are capped
+  (TABLE_MAX_ROWS videos, STEP_TABLE_MAX_ROWS steps) so a long batch stays bounded; past a cap rows are counted in the
+  summary (`wandb/videos_rows_dropped`, `wandb/per_step_rows_dropped`), and the `video/*` and `step/*` series keep
+  every video and step.
 - Any W&B failure (import, init, log, finish) is logged as a warning and turns the sink off: never a failed batch.
 """
 from __future__ import annotations
@@ -27,6 +31,8 @@ TIMING_KEYS = ("model_load", "text_encode", "latents", "denoise", "expert_switch
 VIDEO_COLUMNS = (["id", "prompt", "seed"] + list(SETTINGS) + [f"{k}_s" for k in TIMING_KEYS]
                  + ["inference_s", "frames_per_second", "expert_switches", "forwards", "peak_memory_mib", "mp4", "video"])
 STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "seconds"]
+TABLE_MAX_ROWS = 200_000        # W&B truncates a Table to 200k rows anyway (wandb.Table.MAX_ARTIFACT_ROWS)
+STEP_TABLE_MAX_ROWS = 100_000   # e.g. 2000 videos x 50 steps; about 15 MiB of rows held until the end of the run
 
 
 def scrub(obj):
@@ -52,6 +58,7 @@ class WandbSink:
         self.wandb = None
         self.rows: list[list] = []
         self.step_rows: list[list] = []
+        self.dropped = {"videos": 0, "per_step": 0}
         self.n_videos = 0
         self.global_step = 0
         lc = cfg.logger
@@ -105,19 +112,21 @@ class WandbSink:
             mem = (sc.get("peak_memory") or {}).get("bytes")
             mp4 = Path(mp4_path)
             video = wandb.Video(str(mp4), format="mp4") if mp4.is_file() else None
-            self.rows.append([_cell(sc.get("id")), sc.get("prompt"), str(sc.get("seed"))]
-                             + [_cell(sc.get(k)) for k in SETTINGS]
-                             + [t.get(k) for k in TIMING_KEYS]
-                             + [sc.get("inference_s"), sc.get("frames_per_second"), sc.get("expert_switches"),
-                                _cell(sc.get("forwards")), round(mem / 2**20, 1) if mem else None,
-                                (sc.get("outputs") or {}).get("mp4"), video])
+            self._keep(self.rows, "videos", TABLE_MAX_ROWS,
+                       [_cell(sc.get("id")), sc.get("prompt"), str(sc.get("seed"))]
+                       + [_cell(sc.get(k)) for k in SETTINGS]
+                       + [t.get(k) for k in TIMING_KEYS]
+                       + [sc.get("inference_s"), sc.get("frames_per_second"), sc.get("expert_switches"),
+                          _cell(sc.get("forwards")), round(mem / 2**20, 1) if mem else None,
+                          (sc.get("outputs") or {}).get("mp4"), video])
             experts = sc.get("step_experts") or []
             timesteps = sc.get("timesteps") or []
             cfg_on = sc.get("cfg_on") or []
             for i, s in enumerate(sc.get("per_step_s") or []):
                 ex = experts[i] if i < len(experts) else None
-                self.step_rows.append([sc.get("id"), i, ex, timesteps[i] if i < len(timesteps) else None,
-                                       cfg_on[i] if i < len(cfg_on) else None, s])
+                self._keep(self.step_rows, "per_step", STEP_TABLE_MAX_ROWS,
+                           [sc.get("id"), i, ex, timesteps[i] if i < len(timesteps) else None,
+                            cfg_on[i] if i < len(cfg_on) else None, s])
                 self.run.log({"step/global": self.global_step, "step/seconds": s, "step/index_in_video": i,
                               "step/expert_low": int(ex == "low"), "step/video_index": self.n_videos})
                 self.global_step += 1
@@ -132,11 +141,20 @@ class WandbSink:
         except Exception as e:  # noqa: BLE001
             self._fail("log", e)
 
+    def _keep(self, rows: list, table: str, cap: int, row: list) -> None:
+        if len(rows) < cap:
+            rows.append(row)
+            return
+        if not self.dropped[table]:
+            log.warning("W&B %s table is full (%d rows): later rows are not kept (their series still are)", table, cap)
+        self.dropped[table] += 1
+
     def log_summary(self, summary: dict) -> None:
         if not self.active:
             return
         try:
             wandb = self.wandb
+            summary = {**summary, **{f"wandb/{k}_rows_dropped": v for k, v in self.dropped.items() if v}}
             if self.rows:
                 self.run.log({"videos": wandb.Table(columns=VIDEO_COLUMNS, data=self.rows),
                               "per_step": wandb.Table(columns=STEP_COLUMNS, data=self.step_rows)})

@@ -64,16 +64,7 @@ def test_sigterm_to_the_launcher_exits_75_and_resume_completes(tmp_path, tiny_ck
     _check_exactly_once(out, ids)
 
 
-def _runtime_available() -> str | None:
-    try:
-        import wan_dist.distributed.runtime  # noqa: F401
-    except ImportError as e:
-        return f"wan_dist.distributed.runtime not importable yet ({e})"
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_runtime_available() is not None, reason=str(_runtime_available()))
 def test_sigkill_of_one_rank_under_torchrun_restarts_and_completes(tmp_path, tiny_ckpt):
     """Rank 0 (writer of replica 0) is SIGKILLed right after writing item k2's mp4 - before its sidecar and ledger
     line (the worst moment). torchrun restarts the group once; k2 is redone, everything else is skipped or run."""

@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..observability.figures import item_total, reduce_item_times
 from ..observability.timer import StageTimer
@@ -70,9 +70,6 @@ class OutputsUnwritable(RuntimeError):
     """The output directory cannot take more data (disk full, quota, read-only). The batch stops."""
 
 
-MAX_FAILURES_KEPT = 100   # Summary.failures stays bounded on a long batch; every failure is in results.jsonl
-
-
 @dataclass
 class Summary:
     done: int = 0
@@ -83,7 +80,6 @@ class Summary:
     preempted: str | None = None     # name of the stop signal, when the run stopped early
     aborted: str | None = None       # why the run stopped early (outputs unwritable)
     left: int = 0                    # items of this replica not reached because of a stop
-    failures: list[tuple[str, str]] = field(default_factory=list)   # (id, error), the first MAX_FAILURES_KEPT only
 
     def line(self) -> str:
         s = f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed"
@@ -215,8 +211,6 @@ class BatchRunner:
     def _fail(self, it: Item, summary: Summary, err: str) -> bool:
         log.error("item %s failed: %s", it.request.id, err)
         summary.failed += 1
-        if len(summary.failures) < MAX_FAILURES_KEPT:
-            summary.failures.append((it.request.id, err))
         if self.ctx.is_writer:
             self.out.append_ledger(redact({"id": it.request.id, "status": "failed", "error": err, "row": it.line}))
         return False

@@ -90,7 +90,7 @@ class RunTotals:
         self.frames = 0
         self.expert_switch_s = 0.0
         self.expert_switches = 0
-        self.max_model_load_s: float | None = None   # from the sidecars' `run` block (fallback for the run's load)
+        self.max_model_load_s = 0.0   # from the sidecars' `run` block (fallback for the run's load)
 
     def add(self, s: dict) -> None:
         self.videos += 1
@@ -98,12 +98,11 @@ class RunTotals:
         self.frames += int((s.get("video") or {}).get("frames", s.get("frame_num") or 0))
         self.expert_switch_s += float((s.get("timings") or {}).get("expert_switch", 0.0))
         self.expert_switches += int(s.get("expert_switches") or 0)
-        load = float((s.get("run") or {}).get("model_load_s", 0.0))
-        self.max_model_load_s = load if self.max_model_load_s is None else max(self.max_model_load_s, load)
+        self.max_model_load_s = max(self.max_model_load_s, float((s.get("run") or {}).get("model_load_s", 0.0)))
 
     def figures(self, model_load_s: float | None) -> dict:
         if model_load_s is None:
-            model_load_s = self.max_model_load_s if self.max_model_load_s is not None else 0.0
+            model_load_s = self.max_model_load_s
         inf, n = self.inference_s, self.videos
         return {"videos": n, "model_load_s": round(model_load_s, 6), "inference_s": round(inf, 6),
                 "inference_s_per_video": round(inf / n, 6) if n else None,

@@ -9,7 +9,7 @@ DEMO_CKPT := runs/demo-ckpt
 DEMO_OUT := runs/demo
 NPROC ?= 2
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,16 +22,24 @@ install: $(STAMP)
 demo: $(STAMP)
 	@mkdir -p runs
 	$(BIN)/wan-dist tiny-checkpoint tiny-ti2v $(DEMO_CKPT) --overwrite
-	$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) launch/run.py model=tiny-ti2v ckpt_dir=$(DEMO_CKPT) \
-	    manifest=examples/prompts.csv out_dir=$(DEMO_OUT) logger=wandb
+	$(BIN)/wan-dist torchrun --standalone --nproc_per_node $(NPROC) launch/run.py model=tiny-ti2v \
+	    ckpt_dir=$(DEMO_CKPT) manifest=examples/prompts.csv out_dir=$(DEMO_OUT) logger=wandb
 	$(BIN)/wan-dist report $(DEMO_OUT)
 	@echo
 	@echo "videos + sidecars: $(DEMO_OUT)/videos/   ledger: $(DEMO_OUT)/results.jsonl"
 	@echo "timings report:    $(DEMO_OUT)/report/report.md (plots: $(DEMO_OUT)/report/*.png)"
 	@echo "W&B offline run:   $(DEMO_OUT)/wandb/offline-run-* (upload: wandb sync <that dir>)"
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# the whole suite (slow multi-process groups included), after the lint
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -ra
+
+# the quick loop while developing: everything but the tests marked slow
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -36,6 +36,7 @@ def write_dit(d: Path, layers: int) -> int:
         return wfile.stat().st_size
     import torch
     from safetensors.torch import save_file
+
     from wan_dist.models import convert
     from wan_dist.models.registry import get_model
     cfg = dict(get_model("t2v-1.3B").dit, num_layers=layers)
@@ -50,12 +51,14 @@ def write_dit(d: Path, layers: int) -> int:
 
 def measure(mode: str, d: Path) -> None:
     import torch
+
     from wan_dist.models.loading import LoadStats, load_dit
     from wan_dist.models.registry import get_model
     spec = get_model("t2v-1.3B")
     rank = 0
     if mode == "sharded":
         import torch.distributed as dist
+
         from wan_dist.distributed.fsdp import load_dit_sharded
         from wan_dist.distributed.layout import Layout
         from wan_dist.distributed.mesh import build_mesh
@@ -75,8 +78,8 @@ def measure(mode: str, d: Path) -> None:
     from torch.distributed.tensor import DTensor
     for p in model.parameters():
         float((p.to_local() if isinstance(p, DTensor) else p).float().sum())
-    print(json.dumps({"mode": mode, "rank": rank, "before_kb": before, "load_peak_kb": load_peak, "peak_kb": rss_kb("VmHWM"),
-                      "after_kb": rss_kb("VmRSS"), "seconds": round(secs, 2)}), flush=True)
+    print(json.dumps({"mode": mode, "rank": rank, "before_kb": before, "load_peak_kb": load_peak,
+                      "peak_kb": rss_kb("VmHWM"), "after_kb": rss_kb("VmRSS"), "seconds": round(secs, 2)}), flush=True)
     del model
     if mode == "sharded":
         dist.barrier()

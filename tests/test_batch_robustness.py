@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from wan_dist import run as run_mod
-from wan_dist.batch import atomic
+from wan_dist import files as atomic
+from wan_dist import worker as run_mod
 from wan_dist.batch.manifest import load_items
 from wan_dist.batch.outputs import OutputDir
-from wan_dist.batch.redact import REDACTED, redact
 from wan_dist.config import compose
-from wan_dist.distributed.launch import run_distributed_or_local
+from wan_dist.exit_codes import ExitCode
 from wan_dist.models.registry import get_model
+from wan_dist.observability.redact import REDACTED, redact
 from wan_dist.pipeline.video_io import probe_mp4
+from wan_dist.worker import main as run_distributed_or_local
 
 BASE = ["sample.steps=2", "sample.frame_num=5", "sample.size=32*32", "batch.progress=false", "device=cpu"]
 
@@ -51,10 +52,19 @@ def ok_ids(out: Path) -> list[str]:
 def assert_clean(out: Path, ids):
     """Every ok id has a complete mp4 + sidecar; no temp files; nothing outside the expected names."""
     o = OutputDir(out)
-    recs = o.read_ledger()
+    recs = o.ledger.latest()
     for i in ids:
         assert o.is_complete(i, recs.get(i)), i
-    assert not list(out.rglob("*.tmp-*")), list(out.rglob("*.tmp-*"))
+    leftovers = [p for p in (out / ".partial").rglob("*") if p.is_file()] if (out / ".partial").exists() else []
+    assert not leftovers, leftovers
+    assert not list((out / "claims").glob("*")) if (out / "claims").exists() else True
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
 
 
 @pytest.fixture
@@ -95,10 +105,14 @@ def test_resume_skips_complete_and_redoes_partial_or_corrupt(tmp_path, t2v, caps
     (v / "b.mp4").write_bytes((v / "b.mp4").read_bytes()[:300])
     (v / "c.json").write_text((v / "c.json").read_text()[:40])
     (v / "d.mp4").unlink()
-    (v / ".e.mp4.tmp-99999").write_bytes(b"half a video")
-    (v / ".a.json.tmp-12345").write_text("{")
+    dead = OutputDir(out).writer.rsplit("-", 2)[0] + f"-{dead_pid()}-abcdef"   # a writer of this host, now gone
+    (out / ".partial" / dead).mkdir(parents=True)
+    (out / ".partial" / dead / "e.mp4.1a2b3c4d").write_bytes(b"half a video")
+    (out / ".partial" / dead / "a.json.5e6f7a8b").write_text("{")
+    with open(out / "ledger" / f"{dead}.jsonl", "a") as fh:
+        fh.write('{"id": "e", "status": "o')     # that writer crashed mid-append
     with open(out / "results.jsonl", "a") as fh:
-        fh.write('{"id": "e", "status": "o')     # a crash mid-append
+        fh.write('{"id": "e", "status": "o')     # and the merged view of an older wan-dist had a torn tail
     capsys.readouterr()
     assert run_distributed_or_local(cfg_for(t2v, m, out)) == 0
     err = capsys.readouterr().err
@@ -181,14 +195,14 @@ def test_disk_full_leaves_no_corrupt_file_and_a_clear_error(tmp_path, t2v, monke
 
     def filling_disk(fh, data):
         state["n"] += 1
-        if ".b.mp4.tmp-" in fh.name:   # b's mp4: half written, then the disk is full
+        if Path(fh.name).name.startswith("b.mp4."):   # b's mp4 temp file: half written, then the disk is full
             fh.write(data[: len(data) // 2])
             fh.flush()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fh, data)
     monkeypatch.setattr(atomic, "_write_all", filling_disk)
     capsys.readouterr()
-    assert run_distributed_or_local(cfg_for(t2v, m, out)) == run_mod.EXIT_OUTPUT_UNWRITABLE == 74
+    assert run_distributed_or_local(cfg_for(t2v, m, out)) == ExitCode.IOERR == 74
     msgs = capsys.readouterr().err
     assert "cannot write outputs of item b" in msgs and "No space left on device (ENOSPC)" in msgs
     assert "ABORTED" in msgs
@@ -229,7 +243,7 @@ def test_signal_stops_at_a_safe_point(tmp_path, t2v, monkeypatch, capsys, sig, a
         monkeypatch.setattr(runner_mod.BatchRunner, "stop_between_steps", False)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     capsys.readouterr()
-    assert run_distributed_or_local(cfg_for(t2v, m, out)) == run_mod.EXIT_PREEMPTED == 75
+    assert run_distributed_or_local(cfg_for(t2v, m, out)) == ExitCode.TEMPFAIL == 75
     assert {s: signal.getsignal(s) for s in before} == before          # handlers restored
     done_first = ok_ids(out)
     assert done_first == (["a", "b"] if at_step is None else ["a"]), done_first

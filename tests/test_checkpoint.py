@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wan_dist import cli
-from wan_dist.models.checkpoint import CheckpointError, check, detect_layout, validate_checkpoint
+from wan_dist.models.checkpoint import CheckpointError, check, detect_format, validate_checkpoint
 from wan_dist.models.registry import TINY_MODELS, get_model
 from wan_dist.models.tiny import make_test_image, write_tiny_checkpoint
 
@@ -50,7 +50,7 @@ def test_tiny_checkpoint_is_valid_and_deterministic(model, tiny_ckpts, tmp_path,
     ckpt = tiny_ckpts[model]
     report = validate_checkpoint(ckpt, model)
     assert report.ok, report.format()
-    assert report.layout == "native" and detect_layout(ckpt) == "native"
+    assert report.ckpt_format == "native" and detect_format(ckpt) == "native"
     spec = get_model(model)
     for sub in spec.dit_dirs():
         d = ckpt / sub
@@ -62,7 +62,7 @@ def test_tiny_checkpoint_is_valid_and_deterministic(model, tiny_ckpts, tmp_path,
 
     assert cli.main(["check-checkpoint", str(ckpt), "--model", model]) == 0
     out = capsys.readouterr().out
-    assert "OK" in out and "layout: native" in out and "BF16" in out
+    assert "OK" in out and "format: native" in out and "BF16" in out
 
     again = write_tiny_checkpoint(model, tmp_path / "again", seed=0)
     assert _files(again) == _files(ckpt)
@@ -87,7 +87,7 @@ def test_writer_refuses_real_models_and_overwrite(tiny_ckpts, tmp_path):
     assert cli.main(["check-checkpoint", str(tmp_path), "--model", "no-such-model"]) == 2
     assert cli.main(["check-checkpoint", str(tmp_path / "absent"), "--model", "tiny-t2v"]) == 1
     with pytest.raises(ValueError, match="not an existing directory"):
-        detect_layout(tmp_path / "absent")
+        detect_format(tmp_path / "absent")
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
@@ -240,7 +240,7 @@ def diffusers_dir(tiny_ckpts, tmp_path_factory) -> Path:
 
 def test_diffusers_layout(diffusers_dir, tmp_path):
     report = validate_checkpoint(diffusers_dir, "tiny-t2v")
-    assert report.layout == "diffusers" and report.ok, report.format()
+    assert report.ckpt_format == "diffusers" and report.ok, report.format()
     assert cli.main(["check-checkpoint", str(diffusers_dir), "--model", "tiny-t2v"]) == 0
 
     d = tmp_path / "dd"

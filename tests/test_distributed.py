@@ -50,39 +50,22 @@ def overrides(model, ckpt, man, out) -> list[str]:
     return [f"model={model}", f"ckpt_dir={ckpt}", f"manifest={man}", f"out_dir={out}", *COMMON]
 
 
-class _RefPlan:
-    """Single process through the same run() with only the dump hook (no collectives)."""
-
-    def __init__(self, dump):
-        self.dump = dump
-
-    def load_models(self, cfg, spec, device, layout):
-        from wan_dist.run import load_models
-        return load_models(cfg, spec, device, layout)
-
-    def apply(self, loaded, ctx):
-        pass
-
-    def guidance_exec(self, ctx):
-        return None
-
-    def decode_fn(self, ctx):
-        from wan_dist.distributed.plan import DumpDecode
-        return DumpDecode(None, self.dump, ctx)
-
-
 @pytest.fixture(scope="module")
 def layout_runs(tiny_ckpt, test_image, tmp_path_factory):
     from wan_dist import config as config_mod
-    from wan_dist.run import run
+    from wan_dist.distributed.parallelize import DUMP_ENV
+    from wan_dist.worker import run
     tmp = tmp_path_factory.mktemp("dist")
     runs, refs = [], {}
     for model in MODELS:
         ckpt = tiny_ckpt(model)
         man = manifest(tmp, model, test_image)
         ref = tmp / f"ref-{model}"
-        assert run(config_mod.compose(overrides(model, ckpt, man, tmp / f"out-ref-{model}")), None,
-                   _RefPlan(str(ref))) == 0
+        os.environ[DUMP_ENV] = str(ref)    # single process: the same worker.run, only the dump hook added
+        try:
+            assert run(config_mod.compose(overrides(model, ckpt, man, tmp / f"out-ref-{model}"))) == 0
+        finally:
+            del os.environ[DUMP_ENV]
         refs[model] = [torch.load(ref / f"rank0_{k}.pt") for k in range(2)]
         for name, extra in LAYOUTS.items():
             runs.append({"model": model, "layout": name, "dump": str(tmp / f"dump-{model}-{name}"),
@@ -124,6 +107,9 @@ def test_layout_matches_single_process(layout_runs, model, layout):
             assert got["describe"]["cfg"] == 2 and got["describe"]["cfg_idle_steps"] > 0
     ledger = [json.loads(line) for line in Path(run["out"], "results.jsonl").read_text().splitlines()]
     assert sorted(x["id"] for x in ledger) == ["r0", "r1"] and all(x["status"] == "ok" for x in ledger)
+    writers = {x["writer"] for x in ledger}            # one ledger file per writer: one per replica
+    assert len(writers) == (2 if layout == "dp" else 1)
+    assert sorted(p.stem for p in Path(run["out"], "ledger").glob("*.jsonl")) == sorted(writers)
 
 
 def test_uneven_three_rows_on_two_replicas(layout_runs):

@@ -4,7 +4,8 @@ import torch
 from safetensors.torch import load_file
 
 from wan_dist.models import convert
-from wan_dist.models.loading import LoadStats, load_dit, load_native, load_pth
+from wan_dist.models.device import placement
+from wan_dist.models.loading import LoadStats, load_dit, load_models, load_pth
 from wan_dist.models.registry import MODELS, T5_FILE
 
 
@@ -49,9 +50,9 @@ def test_t5_and_vae_round_trip(tiny_ckpt):
 
 def test_run_dtype_and_fp32_modules(tiny_ckpt):
     spec = MODELS["tiny-t2v"]
-    stats = LoadStats()
-    m = load_native(spec, tiny_ckpt(spec.name), dtype=torch.bfloat16, device="cpu", t5_dtype=torch.bfloat16,
-                    t5_device="cpu")
+    place = placement(device="cpu", dtype="bf16", t5_dtype="bf16", vae_dtype="fp32", t5_cpu=False,
+                      offload_model=False)
+    m = load_models(spec, tiny_ckpt(spec.name), place)
     dit = m.dits["single"]
     keep = set(dit._keep_in_fp32_modules)
     for name, p in dit.named_parameters():

@@ -22,14 +22,17 @@ def test_dp_minus_one_takes_what_is_left():
 @pytest.mark.parametrize("extra, world, needle", [
     (["parallel.dp=3"], 2, "parallel.dp=3: dp x cfg x ulysses x ring = 3 x 1 x 1 x 1 = 3 must equal the world size 2"),
     (["parallel.ulysses=2"], 3, "parallel.dp=-1: world size 3 is not divisible"),
-    (["parallel.ring=2", "device=cpu"], 2, "parallel.ring=2: ring attention needs an attention backend that returns LSE"),
+    (["parallel.ring=2", "device=cpu"], 2,
+     "parallel.ring=2: ring attention needs an attention backend that returns LSE"),
     (["parallel.cfg=2", "sample.guide_scale=1.0"], 2, "parallel.cfg=2: CFG-parallel needs guidance on"),
+    (["parallel.fsdp=true"], 2, "parallel.fsdp=true: a replica of 1 rank has nothing to shard"),
+    (["parallel.fsdp=true"], 1, "e.g. parallel.ulysses=2"),
     (["parallel.ulysses=2", "sample.size=48*16", "sample.frame_num=9"], 2,
      "sample.size=48*16: 9 tokens (9 frames) must be divisible by ulysses x ring = 2"),
 ])
 def test_layout_errors(extra, world, needle):
     with pytest.raises(ValueError) as e:
-        config_mod.validate(cfg(*extra), world)
+        check_layout(cfg(*extra), world)
     assert needle in str(e.value)
 
 
@@ -47,7 +50,7 @@ def test_token_error_proposes_a_size_that_fits():
     assert token_count(get_model("tiny-t2v"), 9, w, h) % 2 == 0
     # official sizes only for real models: t2v-14B at 1280*720, 81 frames, ulysses 8: 21*45*80 tokens
     spec = get_model("t2v-14B")
-    assert nearest_fitting_size(spec, 81, 1280, 720, 8) is not None
+    assert nearest_fitting_size(spec, 81, 1280, 720, 8, cfg(model="t2v-14B").model.sizes) is not None
 
 
 def test_cfg_two_with_moe_high_guidance_only_is_allowed():
@@ -56,5 +59,5 @@ def test_cfg_two_with_moe_high_guidance_only_is_allowed():
 
 
 def test_good_layouts_pass():
-    for extra in (["parallel.ulysses=2"], ["parallel.cfg=2"], ["parallel.fsdp=true"], []):
+    for extra in (["parallel.ulysses=2"], ["parallel.cfg=2"], ["parallel.fsdp=true", "parallel.ulysses=2"], []):
         assert check_layout(cfg(*extra), 2).dp * check_layout(cfg(*extra), 2).replica_size == 2

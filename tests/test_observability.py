@@ -27,7 +27,7 @@ TOL = 2e-5  # sidecar numbers are rounded to 6 decimals
 RUNNER = r"""
 import sys
 from wan_dist.config import compose
-from wan_dist.run import run
+from wan_dist.worker import run
 code = run(compose(sys.argv[1:]))
 print("WANDB_IMPORTED=%s" % ("wandb" in sys.modules), flush=True)
 sys.exit(code)
@@ -42,7 +42,7 @@ def runs(tiny_ckpt, tmp_path_factory):
     manifest.write_text("id,prompt,seed\ncat,a cat,1\ndog,a dog on a skateboard,2\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update({"PYTHONPATH": str(REPO), "WANDB_SILENT": "true"})
-    common = [f"model=tiny-t2v-moe", f"ckpt_dir={ckpt}", f"manifest={manifest}", "sample.frame_num=5",
+    common = ["model=tiny-t2v-moe", f"ckpt_dir={ckpt}", f"manifest={manifest}", "sample.frame_num=5",
               "sample.steps=4", "batch.progress=false"]
     procs = {}
     for kind in ("none", "wandb"):
@@ -53,7 +53,7 @@ def runs(tiny_ckpt, tmp_path_factory):
                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     # meanwhile, the W&B run in this process (saves one interpreter start-up on a 2-core budget)
     from wan_dist.config import compose
-    from wan_dist.run import run
+    from wan_dist.worker import run
     out = root / "wandb"
     args = common + [f"out_dir={out}", "logger=wandb", "logger.project=obs-test", "logger.group=g1",
                      "logger.name=run-a", "logger.tags=[t1,t2]"]
@@ -119,9 +119,10 @@ class _SlowRankCtx:
 
 
 def test_replica_reduction_keeps_the_rule():
+    import time
+
     from wan_dist.observability.figures import item_total, reduce_item_times, reduce_load, stage_sum
     from wan_dist.observability.timer import StageTimer
-    import time
     timer = StageTimer("cpu")
     for k, v in {"text_encode": 0.1, "latents": 0.01, "denoise": 0.5, "expert_switch": 0.02, "vae_decode": 0.2}.items():
         timer.add(k, v)
@@ -140,11 +141,11 @@ def test_replica_reduction_keeps_the_rule():
 
 def test_four_figures_printed(runs):
     for kind in ("wandb", "none"):
-        lines = [l for l in runs[kind].stdout.splitlines() if l.startswith("[figures]")]
+        lines = [x for x in runs[kind].stdout.splitlines() if x.startswith("[figures]")]
         assert len(lines) == 3, runs[kind].stdout            # one per video + one for the run
-        for l in lines:
+        for line in lines:
             for word in ("model load", "inference", "expert switch", "frames/s"):
-                assert word in l, l
+                assert word in line, line
         assert lines[0].startswith("[figures] cat:") and lines[-1].startswith("[figures] run, 2 video(s)")
 
 
@@ -205,10 +206,13 @@ def test_wandb_offline_run_files(runs):
     assert (out / "wandb" / "data").is_dir()
 
 
-def test_scrub_drops_secrets():
-    from wan_dist.observability.wandb_sink import scrub
-    got = scrub({"a": 1, "api_key": "x", "nested": {"WANDB_API_KEY": "y", "token": "z", "b": [{"password": 1}]}})
-    assert got == {"a": 1, "nested": {"b": [{}]}}
+def test_wandb_config_is_redacted_by_the_one_redactor():
+    from wan_dist.observability import wandb_sink
+    from wan_dist.observability.redact import REDACTED, redact
+    assert wandb_sink.redact is redact          # no second redactor
+    got = redact({"a": 1, "api_key": "x", "nested": {"WANDB_API_KEY": "y", "token": "z", "b": [{"password": 1}]}})
+    assert got == {"a": 1, "api_key": REDACTED,
+                   "nested": {"WANDB_API_KEY": REDACTED, "token": REDACTED, "b": [{"password": REDACTED}]}}
 
 
 def _cfg(tmp_path, kind="wandb", mode="offline"):
@@ -354,7 +358,7 @@ def test_report_single_run(runs):
 
 def test_report_sweep(runs, tmp_path):
     """A Hydra multirun layout: OUT/<n>_<overrides>/videos/*.json, one setting per sub-directory."""
-    from wan_dist.observability.report import swept_keys, load_sidecars, write_report
+    from wan_dist.observability.report import load_sidecars, swept_keys, write_report
     base = _sidecars(runs["none"].out)
     for n, cts in enumerate((0, 2, 4)):
         vdir = tmp_path / f"{n}_sample.cfg_truncate_steps={cts}" / "videos"

@@ -26,7 +26,7 @@ from wan_dist.models.registry import get_model
 from wan_dist.models.tiny import write_tiny_checkpoint
 from wan_dist.pipeline import vae as vae_ops
 from wan_dist.pipeline.video_io import encode_mp4, read_mp4
-from wan_dist.run import run
+from wan_dist.worker import run
 
 MODEL = "tiny-t2v"
 SEED = 1234
@@ -78,7 +78,7 @@ def _latents(out: Path):
     return extras.load_latents(out / "videos" / f"{ID}{extras.LATENTS_SUFFIX}")
 
 
-# -- latents ----------------------------------------------------------------------------------------------------------
+# -- latents -----------------------------------------------------------------------------------------------------------
 def test_latents_file_shape_dtype_and_metadata(runs):
     spec = get_model(MODEL)
     lat, meta = _latents(runs["exact"])
@@ -119,7 +119,7 @@ def test_same_seed_same_latents(runs):
         np.testing.assert_array_equal(PRODUCED[name][1], PRODUCED["exact"][1])
 
 
-# -- lossless mp4 and the sidecar -----------------------------------------------------------------------------------------
+# -- lossless mp4 and the sidecar --------------------------------------------------------------------------------------
 def test_lossless_mp4_is_bit_exact(runs):
     videos = runs["exact"] / "videos"
     pngs = extras.read_png_frames(videos / ID)
@@ -172,7 +172,7 @@ def test_defaults_write_no_extras(runs):
     assert side["video"]["lossless"] is False and side["video"]["crf"] == 18
 
 
-# -- why lossless exists --------------------------------------------------------------------------------------------------
+# -- why lossless exists -----------------------------------------------------------------------------------------------
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -193,7 +193,7 @@ def test_lossy_default_is_not_bit_exact(runs, tmp_path):
     assert _psnr(back, frames) < 25, _psnr(back, frames)  # ~13 dB on uniform noise
 
 
-# -- PNG frame sets are all-or-nothing -----------------------------------------------------------------------------------
+# -- PNG frame sets are all-or-nothing ---------------------------------------------------------------------------------
 def _frames(n=3, value=0):
     f = np.zeros((n, 16, 16, 3), dtype=np.uint8)
     f[..., 0] = value
@@ -226,19 +226,22 @@ def test_png_frames_crash_leaves_nothing_trusted(tmp_path, monkeypatch):
     assert [p.name for p in out.videos.iterdir()] == ["v1"]
 
 
-def test_png_frames_stale_temp_of_a_dead_process_is_removed(tmp_path):
+def test_temp_area_of_a_dead_writer_is_removed_a_live_ones_kept(tmp_path):
     out = OutputDir(tmp_path)
-    out.prepare()
+    host = out.writer.rsplit("-", 2)[0]
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    stale = out.videos / f".v1.frames.tmp-{dead}"
-    stale.mkdir()
+    stale = tmp_path / ".partial" / f"{host}-{dead}-abcdef" / "v1.frames.x1"
+    stale.mkdir(parents=True)
     (stale / "frame_00000.png").write_bytes(b"half")
-    other = out.videos / f".v10.frames.tmp-{dead}"  # another id's temp is not this write's business
-    other.mkdir()
+    live = tmp_path / ".partial" / f"{host}-{os.getppid()}-abcdef"   # a live process: another writer at work
+    live.mkdir()
+    (live / "v2.mp4.1234").write_bytes(b"in progress")
+    out.prepare()
+    assert not stale.parent.exists() and live.exists()
     extras.write_png_frames(out, "v1", _frames())
-    assert not stale.exists() and other.exists()
     assert sorted(p.name for p in (out.videos / "v1").iterdir()) == [f"frame_{i:05d}.png" for i in range(3)]
+    assert [p.name for p in out.videos.iterdir()] == ["v1"]        # an id never meets a temp name in videos/
 
 
 def test_frames_option_is_validated():

@@ -53,7 +53,7 @@ def test_generations_differ_between_attempts():
     gens = []
     for _ in range(2):
         out: dict[int, str] = {}
-        ts = [threading.Thread(target=lambda r=r: out.__setitem__(r, agree_generation(store, r, 2, T, POLL)))
+        ts = [threading.Thread(target=lambda r=r, out=out: out.__setitem__(r, agree_generation(store, r, 2, T, POLL)))
               for r in (1, 0)]
         for t in ts:
             t.start()

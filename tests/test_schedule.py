@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from wan_dist.models.registry import MODELS, REAL_MODELS
+from wan_dist.models.registry import REAL_MODELS
 from wan_dist.pipeline.schedule import cfg_plan, expert_plan, make_scheduler
 
 
@@ -28,12 +28,17 @@ def native_dpm_grid(steps, shift):
     return timesteps, sigmas
 
 
+def model_cfg(name):
+    from wan_dist.config import compose
+    return compose([f"model={name}", "ckpt_dir=/x", "prompt=x"]).model
+
+
 @pytest.mark.parametrize("name", REAL_MODELS)
 @pytest.mark.parametrize("solver", ["unipc", "dpm++"])
 def test_grids_equal_native_for_task_defaults(name, solver):
-    spec = MODELS[name]
-    sch = make_scheduler(solver, spec.sample_steps, spec.sample_shift)
-    ts, sig = (native_unipc_grid if solver == "unipc" else native_dpm_grid)(spec.sample_steps, spec.sample_shift)
+    m = model_cfg(name)
+    sch = make_scheduler(solver, m.steps, m.shift)
+    ts, sig = (native_unipc_grid if solver == "unipc" else native_dpm_grid)(m.steps, m.shift)
     assert torch.equal(sch.timesteps.cpu(), ts)
     assert torch.equal(sch.sigmas.cpu().to(torch.float32), sig)
 
@@ -48,11 +53,11 @@ def test_documented_grid_values():
 @pytest.mark.parametrize("name,high,low", [("t2v-A14B", 26, 14), ("i2v-A14B", 15, 25)])
 @pytest.mark.parametrize("solver", ["unipc", "dpm++"])
 def test_expert_switch_on_first_step_below_boundary(name, high, low, solver):
-    spec = MODELS[name]
-    ts = make_scheduler(solver, spec.sample_steps, spec.sample_shift).timesteps.tolist()
-    experts = expert_plan(ts, spec.boundary)
+    m = model_cfg(name)
+    ts = make_scheduler(solver, m.steps, m.shift).timesteps.tolist()
+    experts = expert_plan(ts, m.boundary)
     assert experts.count("high") == high and experts.count("low") == low
-    first_low = next(i for i, t in enumerate(ts) if t < spec.boundary * 1000)
+    first_low = next(i for i, t in enumerate(ts) if t < m.boundary * 1000)
     assert experts[:first_low] == ["high"] * first_low and experts[first_low:] == ["low"] * (len(ts) - first_low)
 
 

@@ -1,7 +1,9 @@
-"""`wan-dist` console script: small maintenance subcommands (the batch runner itself is launch/run.py).
+"""`wan-dist` console script: the torchrun supervisor and small maintenance subcommands (the batch runner itself is
+launch/run.py).
 
 Add a subcommand by writing `_add_x(parser)` + `_run_x(args) -> int` and registering them in `SUBCOMMANDS`.
-Exit codes: 0 success, 1 the checked thing is not usable, 2 usage errors (unknown model, bad arguments).
+Exit codes: 0 success, 1 the checked thing is not usable, 2 usage errors (unknown model, bad arguments);
+`wan-dist torchrun` exits with the run's own code (README "Exit codes").
 """
 from __future__ import annotations
 
@@ -64,9 +66,14 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
 }
 
 
+TORCHRUN_HELP = ("run torchrun with these options and launch/run.py; exit with the run's own code (0, 2, 3, 74, 75) "
+                 "and forward SIGTERM/SIGINT/SIGUSR1 to the workers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wan-dist", description="wan-dist utilities")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("torchrun", help=TORCHRUN_HELP, add_help=False)   # handled before argparse (see main)
     for name, (help_text, add_args, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -75,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["torchrun"]:   # everything after it belongs to torchrun and the run: no parsing here
+        from wan_dist.supervise import main as supervise
+        return supervise(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -7,12 +7,14 @@ any model work. The same classes are registered in Hydra's ConfigStore (group `s
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 SOLVERS = ("unipc", "dpm++")
+WORK_SOURCES = ("static", "array", "queue")
 LOGGERS = ("none", "wandb")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
@@ -26,7 +28,8 @@ def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MIS
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Native defaults of a task (conf/model/<name>.yaml); `sample.*` overrides them per run, manifest columns per row."""
+    """Native defaults of a task (conf/model/<name>.yaml); `sample.*` overrides them per run, manifest columns
+    per row."""
     name: str = _doc("registry name: t2v-1.3B, t2v-14B, ti2v-5B, t2v-A14B, i2v-A14B, tiny-t2v, tiny-ti2v, "
                      "tiny-t2v-moe, tiny-i2v-moe", "tiny-t2v")
     steps: int = _doc("sampling steps", 50)
@@ -37,7 +40,8 @@ class ModelConfig:
     fps: int = _doc("frames per second of the written mp4", 16)
     frame_num: int = _doc("frames per video (4n+1)", 81)
     size: str = _doc("default W*H", "832*480")
-    sizes: tuple = _doc("official W*H sizes; empty = any size the VAE stride and patch allow", ())
+    sizes: tuple = _doc("official W*H sizes (sample.size and manifest sizes must be one of them); empty = any size "
+                        "the VAE stride and patch allow", ())
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,18 @@ class OutputConfig:
 class BatchConfig:
     retry_failed: bool = _doc("re-run items whose ledger line says failed", False)
     progress: bool = _doc("progress bars on rank 0", True)
+    claim_timeout_s: float = _doc("a claim (out_dir/claims/<id>.claim) whose owner on another host has not "
+                                  "refreshed it for this long is taken over (a dead owner on this host at once)",
+                                  300.0)
+
+
+@dataclass(frozen=True)
+class WorkConfig:
+    """Which manifest rows this job runs (batch/work.py)."""
+    source: str = _doc("static: row i to replica i % dp; array: task k of K in a Slurm array takes its share; "
+                       "queue: replicas pull rows dynamically (claims in out_dir)", "static")
+    array_task: Optional[int] = _doc("array: this task's index k (null = from SLURM_ARRAY_TASK_ID)", None)
+    array_tasks: Optional[int] = _doc("array: the number of tasks K (null = from SLURM_ARRAY_TASK_COUNT)", None)
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class RunConfig:
     logger: LoggerConfig = _doc("metrics sink", default_factory=LoggerConfig)
     output: OutputConfig = _doc("extra outputs", default_factory=OutputConfig)
     batch: BatchConfig = _doc("batch behaviour", default_factory=BatchConfig)
+    work: WorkConfig = _doc("work distribution", default_factory=WorkConfig)
     ckpt_dir: Optional[str] = _doc("checkpoint directory (native layout or *-Diffusers)", None)
     out_dir: str = _doc("output directory", "runs/default")
     manifest: Optional[str] = _doc("CSV or JSONL prompt manifest", None)
@@ -188,42 +205,73 @@ def _choice(path, value, choices):
         raise ValueError(f"{path}={value!r}: must be one of {', '.join(map(str, choices))}")
 
 
-def validate(cfg: RunConfig, world_size: int | None = None) -> None:
-    """Single-field and cross-field rules that need no model files. The parallel layout is checked against the
-    world size by wan_dist.distributed.mesh before any process group exists."""
+# -- value rules: each rule in one function, used for config keys (sample.*, model.*) and manifest columns alike ----
+MAX_SEED = 2**63 - 1
+
+
+def _finite(field: str, v) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{field}={v}: must be a finite number")
+
+
+def _at_least(lo, note=""):
+    def rule(field: str, v) -> None:
+        _finite(field, v)
+        if v < lo:
+            raise ValueError(f"{field}={v}: must be >= {lo}{note}")
+    return rule
+
+
+def _positive(field: str, v) -> None:
+    _finite(field, v)
+    if v <= 0:
+        raise ValueError(f"{field}={v}: must be > 0")
+
+
+def _seed(field: str, v) -> None:
+    if not 0 <= v <= MAX_SEED:
+        raise ValueError(f"{field}={v}: must be between 0 and 2**63-1")
+
+
+VALUE_RULES = {
+    "steps": _at_least(1),
+    "shift": _positive,
+    "guide_scale": _at_least(1.0, " (1.0 turns classifier-free guidance off)"),
+    "guide_scale_high": _at_least(1.0, " (1.0 turns classifier-free guidance off)"),
+    "frame_num": _at_least(1),
+    "cfg_truncate_steps": _at_least(0),
+    "cfg_truncate_high_noise_steps": _at_least(0),
+    "seed": _seed,
+    "solver": lambda field, v: _choice(field, v, SOLVERS),
+}
+
+
+def check_value(name: str, value, field: str | None = None) -> None:
+    """The rule for one sampling setting (`name` as in the manifest columns); `field` is what the message names."""
+    if value is not None:
+        VALUE_RULES[name](field or name, value)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Single-field and cross-field rules that need no model files and no world size (the parallel layout against
+    the world size: distributed.layout.check_layout, called by the worker before any process group exists)."""
     from .models.registry import get_model
     spec = get_model(cfg.model.name)
-    _choice("sample.solver", cfg.sample.solver, SOLVERS)
     _choice("logger.kind", cfg.logger.kind, LOGGERS)
     _choice("logger.mode", cfg.logger.mode, ("offline", "online"))
     _choice("device", cfg.device, DEVICES)
     _choice("dtype", cfg.dtype, DTYPE_NAMES)
     _choice("t5_dtype", cfg.t5_dtype, DTYPE_NAMES)
     _choice("vae_dtype", cfg.vae_dtype, DTYPE_NAMES[1:])
+    _choice("work.source", cfg.work.source, WORK_SOURCES)
     if cfg.output.frames is not None:
         _choice("output.frames", cfg.output.frames, ("png",))
     if not 0 <= cfg.output.crf <= 51:
         raise ValueError(f"output.crf={cfg.output.crf}: must be between 0 and 51")
-    for path, v in (("model.steps", cfg.model.steps), ("sample.steps", cfg.sample.steps)):
-        if v is not None and v < 1:
-            raise ValueError(f"{path}={v}: must be >= 1")
-    for path, v in (("model.shift", cfg.model.shift), ("sample.shift", cfg.sample.shift)):
-        if v is not None and v <= 0:
-            raise ValueError(f"{path}={v}: must be > 0")
-    for path, v in (("model.guide_scale", cfg.model.guide_scale), ("sample.guide_scale", cfg.sample.guide_scale),
-                    ("model.guide_scale_high", cfg.model.guide_scale_high),
-                    ("sample.guide_scale_high", cfg.sample.guide_scale_high)):
-        if v is not None and v < 1.0:
-            raise ValueError(f"{path}={v}: must be >= 1.0 (1.0 turns classifier-free guidance off)")
-    for path, v in (("model.frame_num", cfg.model.frame_num), ("sample.frame_num", cfg.sample.frame_num)):
-        if v is not None and v < 1:
-            raise ValueError(f"{path}={v}: must be >= 1")
-    for path, v in (("sample.cfg_truncate_steps", cfg.sample.cfg_truncate_steps),
-                    ("sample.cfg_truncate_high_noise_steps", cfg.sample.cfg_truncate_high_noise_steps)):
-        if v < 0:
-            raise ValueError(f"{path}={v}: must be >= 0")
-    if cfg.sample.seed < 0:
-        raise ValueError(f"sample.seed={cfg.sample.seed}: must be >= 0")
+    for group in ("model", "sample"):
+        for name in VALUE_RULES:
+            if hasattr(getattr(cfg, group), name):
+                check_value(name, getattr(getattr(cfg, group), name), f"{group}.{name}")
     if spec.is_moe != (cfg.model.boundary is not None):
         raise ValueError(f"model.boundary={cfg.model.boundary}: {spec.name} "
                          f"{'needs' if spec.is_moe else 'has no experts, so takes no'} boundary")
@@ -237,6 +285,8 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ValueError(f"image={cfg.image!r}: only with prompt=...; manifests give images per row (column image)")
     if cfg.ckpt_dir is None:
         raise ValueError("ckpt_dir=null: the checkpoint directory is required (ckpt_dir=/path/to/Wan2.x-...)")
+    if not cfg.batch.claim_timeout_s > 0:
+        raise ValueError(f"batch.claim_timeout_s={cfg.batch.claim_timeout_s}: must be > 0 seconds")
     p = cfg.parallel
     for path, v in (("parallel.cfg", p.cfg), ("parallel.ulysses", p.ulysses), ("parallel.ring", p.ring)):
         if v < 1:
@@ -249,9 +299,64 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
     if spec.num_heads % p.ulysses:
         raise ValueError(f"parallel.ulysses={p.ulysses}: must divide the head count of {spec.name} "
                          f"({spec.num_heads})")
-    if world_size is not None:
-        from .distributed.layout import check_layout
-        check_layout(cfg, world_size)
+
+
+def config_digest(cfg) -> str:
+    """sha256 of the resolved config: every rank of a run must have composed the same one."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _schema_keys(cls=None, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key of the schema -> its dataclass field type."""
+    out = {}
+    for f in dataclasses.fields(cls or RunConfig):
+        tp = typing.get_type_hints(cls or RunConfig)[f.name]
+        out[prefix + f.name] = tp
+        if dataclasses.is_dataclass(tp):
+            out.update(_schema_keys(tp, f"{prefix}{f.name}."))
+    return out
+
+
+def check_overrides(overrides: list[str], config_dir: str | Path | None = None) -> None:
+    """Hydra command-line overrides checked against the schema and the config groups before Hydra sees them, so a
+    typo ends as one ValueError naming the key and the closest valid keys (not Hydra's "use +key" hint)."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    conf = Path(config_dir or CONF_DIR)
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ValueError(f"command line: cannot parse the overrides ({str(e).splitlines()[0]}); write key=value, "
+                         "e.g. sample.steps=20 or model=t2v-A14B") from None
+    keys = _schema_keys()
+    groups = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf.iterdir() if d.is_dir()}
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete() or o.is_add():   # +key: the schema check names it later
+            continue
+        if key in groups and "." not in key:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+            for v in values:
+                if str(v) not in groups[key]:
+                    near = difflib.get_close_matches(str(v), groups[key], n=3)
+                    raise ValueError(f"{key}={v!r}: unknown {key}; "
+                                     + (f"did you mean {', '.join(near)}? " if near else "")
+                                     + f"choose one of {', '.join(groups[key])}")
+            continue
+        if key not in keys:
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            near = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+            known = sorted(k for k in keys if k.rsplit(".", 1)[0] == parent and "." in k) if parent in keys \
+                else sorted(k for k in keys if "." not in k)
+            raise ValueError(f"{key}: unknown config key" + (f"; did you mean {', '.join(near)}?" if near else "")
+                             + f" (keys{' of ' + parent if parent in keys else ''}: {', '.join(known)})")
 
 
 def register_configs() -> None:
@@ -263,10 +368,12 @@ def register_configs() -> None:
 
 def compose(overrides: list[str], config_dir: str | Path | None = None) -> RunConfig:
     """Compose conf/config.yaml with Hydra's Compose API (tests, tools); Hydra errors become ValueError."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    config_dir = Path(config_dir or Path(__file__).resolve().parents[1] / "conf").resolve()
+    config_dir = Path(config_dir or CONF_DIR).resolve()
+    check_overrides(overrides, config_dir)
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
             dc = hydra_compose("config", overrides=list(overrides))

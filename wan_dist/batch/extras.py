@@ -6,23 +6,24 @@ Both are written before the mp4, the sidecar and the ledger line, so a ledger li
   final denoised latent before VAE decode, in the normalised space the DiT works in (decode it with
   wan_dist.pipeline.vae.decode). String metadata: id, model, seed, timesteps (JSON list), steps, solver, ... .
   Serialised in memory and written with write_bytes_atomic (temp file, fsync, rename).
-* PNG frames: `videos/<id>/frame_00000.png ...` (RGB, 8 bit, lossless). Written into `videos/.<id>.frames.tmp-<pid>/`,
-  every file and the directory fsynced, then the directory is renamed into place, so `videos/<id>/` is either absent
-  or complete; a crash leaves only a hidden temp directory, removed by the next attempt at the same id.
+* PNG frames: `videos/<id>/frame_00000.png ...` (RGB, 8 bit, lossless). Written into a temp directory in the
+  writer's own `out_dir/.partial/<writer>/`, every file and the directory fsynced, then the directory is renamed into
+  place, so `videos/<id>/` is either absent or complete; a crash leaves only the writer's temp area, removed by the
+  next run.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .atomic import fsync_dir, write_bytes_atomic
+from ..files import fsync_dir, write_bytes_atomic
 
 LATENTS_SUFFIX = ".latents.safetensors"
 LATENTS_KEY = "latents"
@@ -80,7 +81,7 @@ def latents_bytes(result, *, model: str | None = None) -> bytes:
 
 def write_latents(out, item_id: str, result, *, model: str | None = None) -> Path:
     path = out.path_for(item_id, LATENTS_SUFFIX)
-    write_bytes_atomic(path, latents_bytes(result, model=model))
+    write_bytes_atomic(path, latents_bytes(result, model=model), out.partial)
     return path
 
 
@@ -92,28 +93,6 @@ def load_latents(path) -> tuple[torch.Tensor, dict[str, str]]:
 
 
 # -- PNG frames -------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temps(videos: Path, item_id: str) -> None:
-    """Temp directories of earlier, crashed attempts at this id (a live process's own temp dir is left alone)."""
-    pattern = re.compile(re.escape(f".{item_id}.frames.") + r"(?:tmp|old)-(\d+)")
-    for p in videos.iterdir():
-        m = pattern.fullmatch(p.name)
-        if m is None:
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def write_png_frames(out, item_id: str, frames) -> Path:
     """uint8 [F, H, W, 3] -> videos/<id>/frame_00000.png ...; the directory appears complete or not at all."""
     from PIL import Image
@@ -123,11 +102,10 @@ def write_png_frames(out, item_id: str, frames) -> Path:
     final = out.path_for(item_id, "")
     videos = final.parent
     videos.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(videos, item_id)
-    tmp = videos / f".{item_id}.frames.tmp-{os.getpid()}"
-    old = videos / f".{item_id}.frames.old-{os.getpid()}"
+    out.partial.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{item_id}.frames.", dir=out.partial))   # this writer's own temp area
+    old = out.partial / f"{tmp.name}.old"
     try:
-        tmp.mkdir()
         for i, frame in enumerate(arr):
             buf = io.BytesIO()
             Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="PNG")
@@ -135,6 +113,7 @@ def write_png_frames(out, item_id: str, frames) -> Path:
                 fh.write(buf.getvalue())
                 fh.flush()
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)                      # mkdtemp makes 0700; the frames dir reads like any other
         fsync_dir(tmp)
         if final.exists() or final.is_symlink():  # an earlier attempt's set: move it aside, then swap
             os.replace(final, old)

@@ -25,6 +25,7 @@ class StopFlag:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict = {}
+        self._depth = 0                 # install/restore nest: the outermost restore puts the old handlers back
 
     @property
     def requested(self) -> bool:
@@ -42,14 +43,20 @@ class StopFlag:
         """Install the handlers (main thread only; elsewhere, e.g. in a worker thread, this is a no-op)."""
         if threading.current_thread() is not threading.main_thread():
             return self
-        for s in STOP_SIGNALS:
-            self._previous[s] = signal.signal(s, self._handler)
+        self._depth += 1
+        if self._depth == 1:
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handler)
         return self
 
     def restore(self) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self._previous.clear()
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            for s, h in self._previous.items():
+                signal.signal(s, h)
+            self._previous.clear()
 
     def __enter__(self):
         return self.install()

@@ -1,10 +1,13 @@
-"""Run validated items through the generator: skip finished ones, isolate failures, write outputs and the ledger,
-stop cleanly on a preemption signal.
+"""Run validated items through the generator: claim each one, skip finished ones, isolate failures, write outputs
+and the ledger, stop cleanly on a preemption signal.
 
-Agreement between ranks (so nothing hangs): every decision that changes what the ranks do next goes through a
-collective of the RunContext: skip/redo per item and item success through `ctx.replica_all_ok` (the ranks of one
-replica make one video together), "stop now" and "more work anywhere" through `ctx.world_any` once per loop turn
-(replicas can hold different numbers of items; one that has run out keeps answering until all have).
+The candidates come from a work source (batch/work.py). For each, the replica's writer claims the id
+(batch/claims.py) and decides -- run it, it is complete, it failed before, another live writer holds it -- and shares
+the decision over the replica (`ctx.replica_share`); item success goes through `ctx.replica_all_ok` (the ranks of
+one replica make one video together). Replicas are not in lock-step with each other: a stop request travels through
+`ctx.announce_stop` / `ctx.stop_announced` (non-blocking) and is agreed inside the replica at each safe point.
+Ids another writer holds are revisited after the replica's own candidates until they are done (by whoever holds
+them) or claimable: a run that ends with exit 0 leaves its whole share complete.
 
 TEST HOOKS (environment variables, read per item; never set them in production):
   WAN_DIST_TEST_INJECT_NAN=<id>[,<id>...]   the generator makes that item's latents NaN after denoising
@@ -30,7 +33,6 @@ from ..observability.timer import StageTimer
 from .manifest import Item
 from .outputs import OutputDir
 from .preempt import Preempted, StopFlag
-from .redact import redact
 from .sidecar import build_sidecar, peak_memory
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,10 @@ class OutputsUnwritable(RuntimeError):
     """The output directory cannot take more data (disk full, quota, read-only). The batch stops."""
 
 
+class ClaimLost(RuntimeError):
+    """Another writer took this item's claim over (this writer looked dead); nothing of it is committed here."""
+
+
 @dataclass
 class Summary:
     done: int = 0
@@ -77,9 +83,11 @@ class Summary:
     failed: int = 0
     skipped_failed: int = 0
     redone: int = 0                  # items with partial / corrupt leftovers that were run again
-    preempted: str | None = None     # name of the stop signal, when the run stopped early
+    held: int = 0                    # items left to another live writer when this run stopped
+    lost: int = 0                    # items whose claim another writer took over mid-item (not committed here)
+    preempted: str | None = None     # why the run stopped early (a stop signal, here or on another rank)
     aborted: str | None = None       # why the run stopped early (outputs unwritable)
-    left: int = 0                    # items of this replica not reached because of a stop
+    left: int = 0                    # candidates of this replica not reached because of a stop
 
     def line(self) -> str:
         s = f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed"
@@ -87,16 +95,26 @@ class Summary:
             s += f" ({self.redone} redone: partial or corrupt leftovers)"
         if self.skipped_failed:
             s += f", {self.skipped_failed} earlier failures not retried (batch.retry_failed=true retries them)"
+        if self.lost:
+            s += f", {self.lost} taken over by another writer"
         if self.preempted:
-            s += f"; stopped by {self.preempted}, {self.left} left for the next run"
+            s += f"; stopped by {self.preempted}, {self.left + self.held} left for the next run"
         if self.aborted:
-            s += f"; ABORTED ({self.aborted}), {self.left} left for the next run"
+            s += f"; ABORTED ({self.aborted}), {self.left + self.held} left for the next run"
         return s
 
     def as_dict(self) -> dict:
-        return {"done": self.done, "skipped": self.skipped, "failed": self.failed, "redone": self.redone,
-                "skipped_failed": self.skipped_failed, "preempted": self.preempted, "aborted": self.aborted,
-                "left": self.left}
+        return dict(self.__dict__)
+
+    @classmethod
+    def total(cls, parts: list["Summary"]) -> "Summary":
+        out = cls()
+        for p in parts:
+            for k in ("done", "skipped", "failed", "skipped_failed", "redone", "held", "lost", "left"):
+                setattr(out, k, getattr(out, k) + getattr(p, k))
+            out.preempted = out.preempted or p.preempted
+            out.aborted = out.aborted or p.aborted
+        return out
 
 
 def load_image(path: str | None):
@@ -117,102 +135,167 @@ def _test_hook_kill(item_id: str, stage: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+RUN, COMPLETE, FAILED_BEFORE, HELD = "run", "complete", "failed-before", "held"
+
+
 class BatchRunner:
     stop_between_steps = True   # False: a stop signal is only honoured between items
 
-    def __init__(self, *, cfg, spec, generator, out: OutputDir, ctx, model_load_s: float, run_info: dict,
-                 sink=None, progress=None):
-        self.cfg, self.spec, self.gen, self.out, self.ctx = cfg, spec, generator, out, ctx
+    def __init__(self, *, cfg, spec, generator, out: OutputDir, ctx, work, model_load_s: float, run_info: dict,
+                 layout: dict, sink=None, progress=None, stop: StopFlag | None = None):
+        self.cfg, self.spec, self.gen, self.out, self.ctx, self.work = cfg, spec, generator, out, ctx, work
         self.model_load_s = model_load_s
         self.run_info = run_info
+        self.layout = layout
         self.sink = sink
         self.progress = progress
         self._load_charged = False
-        self.stop = StopFlag()
-
-    def my_items(self, items: list[Item]) -> list[Item]:
-        """Data parallel: rows dealt to replicas by row index."""
-        return [it for it in items if it.index % self.ctx.dp_size == self.ctx.dp_rank]
+        self.stop = stop or StopFlag()
+        self.poll_s = min(5.0, max(0.2, cfg.batch.claim_timeout_s / 10))
 
     def _agree(self, flag: bool) -> bool:
         """Replica-wide AND (no collective when the replica is one rank)."""
-        return self.ctx.replica_all_ok(flag) if self.ctx.replica_size > 1 else flag
+        return self.ctx.replica_all_ok(flag)
 
-    def plan(self, items: list[Item], summary: Summary) -> list[Item]:
-        ledger = self.out.read_ledger()
-        todo = []
-        for it in self.my_items(items):
-            item_id = it.request.id
-            if self.ctx.is_writer:  # a crash mid-write leaves .<id>.mp4.tmp-<pid>; only this replica writes <id>
-                for suffix in (".mp4", ".json"):
-                    for p in self.out.remove_stale_temps(item_id, suffix):
-                        log.warning("removed a partial file from an interrupted run: %s", p)
-            rec = ledger.get(item_id)
-            complete = self._agree(self.out.is_complete(item_id, rec))
-            if complete:
-                summary.skipped += 1
-                continue
-            failed_before = rec is not None and rec.get("status") == "failed"
-            if failed_before and not self.cfg.batch.retry_failed:
-                summary.skipped_failed += 1
-                continue
-            if not failed_before and (rec is not None or self.out.has_leftovers(item_id)):
-                log.warning("item %s: leftovers are incomplete or corrupt; redoing it", item_id)
-                summary.redone += 1
-            todo.append(it)
-        return todo
+    def stop_reason(self) -> str | None:
+        """A stop signal here, or announced by any rank of the run (non-blocking)."""
+        if self.stop.requested:
+            self.ctx.announce_stop(signal.Signals(self.stop.signum).name)
+        return self.ctx.stop_announced()
 
+    def _stopping(self) -> bool:
+        """Agreed inside the replica at a safe point: every rank of it stops at the same place."""
+        return not self._agree(self.stop_reason() is None)
+
+    # -- what to do with a candidate (the writer decides, the replica follows) ---------------------------------------
+    def decide(self, it: Item) -> tuple[str, str]:
+        decision = ("", "")
+        if self.ctx.is_writer:
+            decision = self._decide_as_writer(it.request.id)
+        return tuple(self.ctx.replica_share(decision))
+
+    def _decide_as_writer(self, item_id: str) -> tuple[str, str]:
+        holder = self.out.claims.acquire(item_id)
+        if holder is not None:
+            return HELD, str(holder)
+        latest = self.out.ledger.latest()
+        rec = latest.get(item_id)
+        if (rec is None or rec.get("status") != "ok") and self.out.path_for(item_id, ".json").exists():
+            rec = self.out.ledger.latest(refresh=True).get(item_id)   # finished by another writer since we looked
+        if self.out.is_complete(item_id, rec):
+            self.out.claims.release(item_id)
+            return COMPLETE, ""
+        if rec is not None and rec.get("status") == "failed" and not self.cfg.batch.retry_failed:
+            self.out.claims.release(item_id)
+            return FAILED_BEFORE, ""
+        if rec is None or rec.get("status") != "failed":
+            if rec is not None or self.out.has_leftovers(item_id):
+                return RUN, "redo"
+        return RUN, ""
+
+    # -- the loop -----------------------------------------------------------------------------------------------
     def run(self, items: list[Item]) -> Summary:
         summary = Summary()
-        todo = self.plan(items, summary)
+        self.work.start(items, self.ctx)
         inner_on_step = self.gen.on_step
 
         def on_step(i: int, total: int) -> None:
             if inner_on_step is not None:
                 inner_on_step(i, total)
             # between two denoise steps (not after the last: that item is as good as done)
-            if self.stop_between_steps and i + 1 < total and not self._agree(not self.stop.requested):
+            if self.stop_between_steps and i + 1 < total and self._stopping():
                 raise Preempted(f"stop requested at denoise step {i + 1}/{total}")
 
         self.gen.on_step = on_step
-        stopped_mid_item = False
-        n = 0
+        n_cand = (self.work.describe() or {}).get("candidates")
+        held: list[Item] = []
         try:
-            with self.stop:
+            with self.stop, (self.out.claims if self.ctx.is_writer else _nothing()):
+                n = 0
                 while True:
-                    # one turn = at most one item per replica; every rank of the world takes part in both calls
-                    stop = self.ctx.world_any(self.stop.requested or stopped_mid_item or summary.aborted is not None)
-                    more = self.ctx.world_any(n < len(todo))
-                    if stop:
-                        if summary.aborted is None:
-                            summary.preempted = (signal.Signals(self.stop.signum).name if self.stop.requested
-                                                 else "a stop signal on another rank")
+                    if self._stopping() or summary.aborted:
                         break
-                    if not more:
+                    it = self.work.next()
+                    if it is None:
                         break
-                    if n < len(todo):
-                        it = todo[n]
-                        if self.progress:
-                            self.progress.item_start(n, len(todo), it.request.id)
-                        ok = self.run_one(it, summary)
-                        release_freed_memory()   # the item's buffers are gone: RSS stays flat over a long batch
-                        if self.progress:
-                            self.progress.item_end(bool(ok))
-                        if ok is None:  # preempted or aborted mid-item: nothing written, the next run redoes it
-                            stopped_mid_item = True
-                        else:
-                            n += 1
+                    if self.progress:
+                        self.progress.item_start(n, n_cand or n + 1, it.request.id)
+                    outcome = self.attempt(it, summary)
+                    if self.progress:
+                        self.progress.item_end(outcome == "ok")
+                    if outcome == HELD:
+                        held.append(it)
+                    elif outcome == "stopped":
+                        summary.left += 1
+                        break
+                    n += 1
+                held = self._revisit(held, summary)
         finally:
             self.gen.on_step = inner_on_step
-        summary.left = len(todo) - n
+        summary.held = len(held)
+        while self.work.next() is not None:          # candidates never reached because of a stop
+            summary.left += 1
+        if summary.preempted is None and summary.aborted is None and (summary.left or summary.held):
+            summary.preempted = self.ctx.stop_announced() or "a stop request"
         return summary
+
+    def _revisit(self, held: list[Item], summary: Summary) -> list[Item]:
+        """Ids another live writer held: wait until each is done by it, or free (then run it here)."""
+        waited = False
+        while held:
+            if self._stopping() or summary.aborted:
+                return held
+            still = []
+            for k, it in enumerate(held):
+                outcome = self.attempt(it, summary, quiet=True)
+                if outcome == HELD:
+                    still.append(it)
+                elif outcome == "stopped":
+                    return still + held[k:]
+            if still and not waited:
+                log.info("%d item(s) are being made by another writer; waiting for them", len(still))
+                waited = True
+            held = still
+            if held:
+                time.sleep(self.poll_s)
+        return held
+
+    def attempt(self, it: Item, summary: Summary, quiet: bool = False) -> str:
+        """One candidate: decide, then run it if needed. Returns ok | failed | skipped | held | stopped."""
+        what, note = self.decide(it)
+        item_id = it.request.id
+        if what == HELD:
+            if not quiet:
+                log.info("item %s is being made by another writer: %s; left to it", item_id, note)
+            self.work.done(it, HELD)
+            return HELD
+        if what == COMPLETE:
+            summary.skipped += 1
+            self.work.done(it, "skipped")
+            return "skipped"
+        if what == FAILED_BEFORE:
+            summary.skipped_failed += 1
+            self.work.done(it, "skipped")
+            return "skipped"
+        if note == "redo":
+            log.warning("item %s: leftovers are incomplete or corrupt; redoing it", item_id)
+            summary.redone += 1
+        try:
+            ok = self.run_one(it, summary)
+        finally:
+            if self.ctx.is_writer:
+                self.out.claims.release(item_id)
+            release_freed_memory()   # the item's buffers are gone: RSS stays flat over a long batch
+        outcome = "stopped" if ok is None else ("ok" if ok else "failed")
+        self.work.done(it, outcome)
+        return outcome
 
     # -- one item -------------------------------------------------------------------------------------------------
     def _fail(self, it: Item, summary: Summary, err: str) -> bool:
         log.error("item %s failed: %s", it.request.id, err)
         summary.failed += 1
         if self.ctx.is_writer:
-            self.out.append_ledger(redact({"id": it.request.id, "status": "failed", "error": err, "row": it.line}))
+            self.out.append_ledger({"id": it.request.id, "status": "failed", "error": err, "row": it.line})
         return False
 
     def run_one(self, it: Item, summary: Summary) -> bool | None:
@@ -234,6 +317,7 @@ class BatchRunner:
             result = self.gen.generate(req, image, timer)
         except Preempted as e:
             log.warning("item %s: %s; nothing of it is written, the next run redoes it", req.id, e)
+            summary.preempted = summary.preempted or self.ctx.stop_announced()
             return None
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -245,10 +329,12 @@ class BatchRunner:
         # every rank of the replica succeeded: stage/step times become the replica's (max over ranks; collective)
         t0 = reduce_item_times(self.ctx, timer, result.denoise, t0)
         # 3. save (writer only)
-        disk_full = False
+        disk_full = lost = False
         if self.ctx.is_writer:
             try:
                 self._save(it, result, timer, t0)
+            except ClaimLost as e:
+                err, lost = str(e), True
             except OutputsUnwritable as e:
                 err, disk_full = str(e), True
             except (KeyboardInterrupt, SystemExit):
@@ -257,9 +343,14 @@ class BatchRunner:
                 err = f"{type(e).__name__}: {e}"
                 log.debug("item %s traceback:\n%s", req.id, traceback.format_exc())
         if not self._agree(err is None):
+            if not self._agree(not lost):
+                log.error("item %s: %s", req.id, err or "its claim was taken over by another writer")
+                summary.lost += 1
+                return False
             if not self._agree(not disk_full):
                 # nothing is recorded for the item (the next run redoes it); the batch stops everywhere
                 summary.aborted = err or "the writer of this replica cannot write to out_dir"
+                self.ctx.announce_stop(f"outputs unwritable on replica {self.ctx.dp_rank}")
                 log.error("item %s: %s", req.id, summary.aborted)
                 return None
             return self._fail(it, summary, err or "saving failed on the writer of this replica")
@@ -269,6 +360,9 @@ class BatchRunner:
     def _save(self, it: Item, result, timer: StageTimer, t0: float) -> None:
         req, cfg = result.request, self.cfg
         outputs = {"mp4": f"videos/{req.id}.mp4", "sidecar": f"videos/{req.id}.json"}
+        if not self.out.claims.still_mine(req.id):
+            raise ClaimLost(f"the claim of {req.id} was taken over by another writer (this one looked dead); "
+                            "nothing of it is written here")
         try:
             with timer.stage("save"):  # the sidecar itself (small) is written after its own numbers are known
                 outputs.update(self.write_extras(req.id, result))
@@ -281,7 +375,7 @@ class BatchRunner:
                 self._load_charged = True
             timings["total"] = item_total(timings, time.perf_counter() - t0)
             sidecar = build_sidecar(result, model=self.spec.name, fps=cfg.model.fps, is_moe=self.spec.is_moe,
-                                    timings=timings, layout=self.ctx.describe(), run=self.run_info,
+                                    timings=timings, layout=self.layout, run=self.run_info,
                                     outputs=outputs, video=video, memory=peak_memory(self.gen.device))
             self.out.write_sidecar(req.id, sidecar)
             _test_hook_kill(req.id, "after_sidecar")
@@ -302,3 +396,11 @@ class BatchRunner:
         """Optional outputs (latents, PNG frames); filled in by wan_dist.batch.extras."""
         from .extras import write_extras
         return write_extras(self.out, self.cfg.output, item_id, result, model=self.spec.name)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -6,9 +6,8 @@ import sys
 
 import torch
 
+from ..observability.stages import INFERENCE_STAGES, STAGES
 from ..pipeline.generator import GenerationResult
-
-STAGES = ("model_load", "text_encode", "latents", "denoise", "expert_switch", "vae_decode", "save")
 
 
 def peak_memory(device) -> dict:
@@ -22,7 +21,7 @@ def build_sidecar(result: GenerationResult, *, model: str, fps: int, is_moe: boo
                   run: dict, outputs: dict, video: dict, memory: dict) -> dict:
     req, dn = result.request, result.denoise
     # denoise includes the expert switches (they happen inside the loop); expert_switch is reported on its own too
-    inference = sum(timings.get(k, 0.0) for k in ("text_encode", "latents", "denoise", "vae_decode"))
+    inference = sum(timings.get(k, 0.0) for k in INFERENCE_STAGES)
     frame_count = int(result.frames.shape[0])
     expert_steps = dn.expert_steps
     return {

@@ -7,7 +7,7 @@ Truncated (CFG-off) steps: only the cond prediction is needed. The uncond half i
 broadcast on the "cfg" axis -- unless FSDP shards the DiT across both halves (parallel.fsdp with cfg=2): then every
 rank of the replica must take part in each FSDP all-gather, so the idle half runs the same cond forward and
 discards it (a "shadow" forward). That choice cannot deadlock: both halves always run the same sequence of
-forwards on the same modules. Idle steps are counted in ctx.cfg_idle_steps either way.
+forwards on the same modules. Idle steps are counted in `idle_steps` either way.
 """
 from __future__ import annotations
 
@@ -18,27 +18,29 @@ from ..pipeline.denoise import dit_forward
 
 
 class CFGParallelGuidance:
-    def __init__(self, m, ctx, fsdp_spans_cfg: bool):
+    def __init__(self, m, fsdp_spans_cfg: bool):
         self.group = m.group("cfg")
         self.cfg_rank = m.local_rank("cfg")
-        self.ctx = ctx
         self.shadow = fsdp_spans_cfg
+        # steps this replica ran with CFG off: the unconditional half had nothing to do (cumulative over the run;
+        # per item it equals the count of false entries in the sidecar's cfg_on)
+        self.idle_steps = 0
 
-    def __call__(self, model, x, t, context, context_null, scale: float, do_cfg: bool) -> torch.Tensor:
+    def __call__(self, model, x, t, prompt_embeds, negative_prompt_embeds, scale: float,
+                 do_cfg: bool) -> torch.Tensor:
         if do_cfg:
-            mine = dit_forward(model, x, t, context if self.cfg_rank == 0 else context_null)   # [z, T, h, w]
+            embeds = prompt_embeds if self.cfg_rank == 0 else negative_prompt_embeds
+            mine = dit_forward(model, x, t, embeds)                                             # [z, T, h, w]
             both = torch.empty((2 * mine.shape[0], *mine.shape[1:]), dtype=mine.dtype, device=mine.device)
             dist.all_gather_into_tensor(both, mine.contiguous(), group=self.group)               # axis: cfg
             both = both.view(2, *mine.shape)                                                     # [2, z, T, h, w]
             cond, uncond = both[0], both[1]
             return uncond + scale * (cond - uncond)
-        self.ctx.cfg_idle_steps += 1
+        self.idle_steps += 1
         if self.cfg_rank == 0 or self.shadow:
             # contiguous: the DiT's unpatchify returns a permuted view, and gloo broadcasts raw storage
-            v = dit_forward(model, x, t, context).contiguous()                                  # [z, T, h, w]
-        else:
-            v = None
-        if v is None:   # the idle half: receive v_cond, same shape as the cond half's prediction
+            v = dit_forward(model, x, t, prompt_embeds).contiguous()                            # [z, T, h, w]
+        else:   # the idle half: receive v_cond, same shape as the cond half's prediction
             v = torch.empty((model.config.out_channels, *x.shape[2:]), dtype=torch.float32, device=x.device)
         dist.broadcast(v, group=self.group, group_src=0)                                       # axis: cfg
         return v

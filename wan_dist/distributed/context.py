@@ -1,4 +1,9 @@
-"""Where this process sits in the run: rank, data-parallel share, replica role. Single-process by default."""
+"""Where this process sits in the run (rank, replica, writer role) and the few agreements the layers above need.
+
+`RunContext` is the single-process run: every agreement is trivial. `DistContext` (dist_context.py) implements the
+same methods with collectives that each name their mesh axis ("replica" or "world") and, for what must not block
+(a stop request, the end of the run), with keys in the process group's store.
+"""
 from __future__ import annotations
 
 import os
@@ -11,12 +16,12 @@ class RunContext:
     world_size: int = 1
     local_rank: int = 0
     dp_rank: int = 0            # which replica this rank belongs to
-    dp_size: int = 1            # number of replicas (manifest rows are dealt over these)
+    dp_size: int = 1            # number of replicas
     replica_rank: int = 0       # rank inside the replica (cfg x ulysses x ring)
     replica_size: int = 1
     degrees: dict = field(default_factory=lambda: {"dp": 1, "cfg": 1, "ulysses": 1, "ring": 1})
-    fsdp: bool = False
-    mesh: object = None         # torch DeviceMesh when distributed
+    mesh: object = None         # distributed.mesh.Mesh when distributed
+    _stop: str | None = None
 
     @property
     def is_writer(self) -> bool:
@@ -27,8 +32,7 @@ class RunContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # -- collectives the batch and observability layers need; single-process versions here, the distributed
-    #    runtime overrides them with calls on the right mesh axis (replica or world).
+    # -- agreement inside a replica (its ranks make one video together, in lock-step) ------------------------------
     def replica_all_ok(self, ok: bool) -> bool:
         """True only if every rank of this replica says ok (so a failing item fails on all of them)."""
         return ok
@@ -37,19 +41,41 @@ class RunContext:
         """Per-key max over the ranks of this replica (stage times: the slowest rank is the replica's time)."""
         return dict(values)
 
+    def replica_share(self, obj):
+        """The replica writer's `obj`, on every rank of the replica (e.g. what its claim decided)."""
+        return obj
+
+    # -- across the world ----------------------------------------------------------------------------------------
+    def share_from_main(self, fn):
+        """fn() computed once, on rank 0 of the world, and its value (or its ValueError) on every rank."""
+        return fn()
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order, on every rank (end of run: the replicas' summaries)."""
+        return [obj]
+
     def world_any(self, flag: bool) -> bool:
-        """True if any rank in the world raised the flag (e.g. a stop signal), so all stop at the same point."""
         return flag
+
+    def announce_stop(self, reason: str) -> None:
+        """Tell every rank to stop at its next safe point (non-blocking: replicas are not in lock-step)."""
+        self._stop = self._stop or reason
+
+    def stop_announced(self) -> str | None:
+        return self._stop
+
+    def wait_all_done(self) -> None:
+        """Every rank has finished its work (replicas finish at different times; waiting here never times out)."""
 
     def barrier(self) -> None:
         return None
 
     def describe(self) -> dict:
-        return {"world_size": self.world_size, "rank": self.rank, "dp_rank": self.dp_rank, **self.degrees,
-                "fsdp": self.fsdp}
+        return {"world_size": self.world_size, "rank": self.rank, "dp_rank": self.dp_rank,
+                "replica_rank": self.replica_rank, "replica_size": self.replica_size, **self.degrees}
 
 
 def env_world() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun / Slurm-style environment variables."""
+    """(rank, world_size, local_rank) from torchrun's environment variables."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
             int(os.environ.get("LOCAL_RANK", 0)))

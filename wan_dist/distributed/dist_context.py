@@ -1,11 +1,18 @@
-"""RunContext of one rank in a distributed run: its place in the mesh and the few collectives the batch layer needs.
+"""RunContext of one rank in a distributed run: its place in the mesh and the agreements the batch layer needs.
 
-Every collective names its mesh axis: replica-wide agreement uses the "replica" axis, stop flags the "world" axis.
-Tensors: scalars packed into 1-D float64/int64 vectors on the run device (nccl needs device tensors).
+Every collective names its mesh axis: agreement inside a replica uses the "replica" axis, run-wide sharing the
+"world" axis. Replicas are NOT in lock-step with each other (a fast replica never waits for a slow one per item), so
+the two world-wide signals that must not block go through the process group's store instead of a collective:
+a stop request (`<run>/stop`, checked at every safe point) and the end of the run (`<run>/done/<rank>`, polled
+without a deadline). Tensors: scalars packed into 1-D float64/int64 vectors on the run device (nccl needs device
+tensors).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -13,50 +20,102 @@ import torch.distributed as dist
 from .context import RunContext
 from .mesh import Mesh
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class DistContext(RunContext):
-    dmesh: Mesh | None = None
-    # steps this rank's replica ran with CFG off while parallel.cfg=2: the unconditional half had nothing to do.
-    # Cumulative over the run; per item it equals the count of false entries in the sidecar's cfg_on.
-    cfg_idle_steps: int = 0
-    cfg_rank: int = 0
-    extra: dict = field(default_factory=dict)
+    run_key: str = "wan_dist/run/0/"
 
     @classmethod
     def from_mesh(cls, m: Mesh, local_rank: int) -> "DistContext":
         lay = m.layout
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                   dp_rank=m.local_rank("dp"), dp_size=lay.dp, replica_rank=m.local_rank("replica"),
-                   replica_size=lay.replica_size, degrees=lay.degrees(), fsdp=lay.fsdp, mesh=m.full, dmesh=m,
-                   cfg_rank=m.local_rank("cfg"))
+        ctx = cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                  dp_rank=m.local_rank("dp"), dp_size=lay.dp, replica_rank=m.local_rank("replica"),
+                  replica_size=lay.replica_size, degrees=lay.degrees(), mesh=m)
+        import uuid
+        ctx.run_key = f"wan_dist/run/{ctx.share_from_main(lambda: uuid.uuid4().hex)}/"   # store keys of this run only
+        return ctx
+
+    @property
+    def store(self):
+        return dist.distributed_c10d._get_default_store()
 
     def _vec(self, values, dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.dmesh.device)
+        return torch.tensor(values, dtype=dtype, device=self.mesh.device)
 
+    # -- replica ------------------------------------------------------------------------------------------------
     def replica_all_ok(self, ok: bool) -> bool:
+        if self.replica_size == 1:
+            return ok
         t = self._vec([0 if ok else 1], torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.dmesh.group("replica"))   # axis: replica
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.mesh.group("replica"))   # axis: replica
         return int(t.item()) == 0
 
     def replica_max(self, values: dict[str, float]) -> dict[str, float]:
         keys = sorted(values)
-        if not keys:
-            return {}
+        if not keys or self.replica_size == 1:
+            return dict(values)
         t = self._vec([float(values[k]) for k in keys], torch.float64)              # [n_keys]
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.dmesh.group("replica"))   # axis: replica
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.mesh.group("replica"))   # axis: replica
         return dict(zip(keys, t.tolist()))
+
+    def replica_share(self, obj):
+        if self.replica_size == 1:
+            return obj
+        box = [obj if self.replica_rank == 0 else None]
+        dist.broadcast_object_list(box, group=self.mesh.group("replica"), group_src=0)  # axis: replica
+        return box[0]
+
+    # -- world --------------------------------------------------------------------------------------------------
+    def share_from_main(self, fn):
+        box = [None]
+        if self.rank == 0:
+            try:
+                box = [("ok", fn())]
+            except ValueError as e:
+                box = [("error", str(e))]
+        dist.broadcast_object_list(box, group=self.mesh.group("world"), group_src=0)    # axis: world
+        kind, value = box[0]
+        if kind == "error":
+            raise ValueError(value)
+        return value
+
+    def gather(self, obj) -> list:
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.mesh.group("world"))               # axis: world
+        return out
 
     def world_any(self, flag: bool) -> bool:
         t = self._vec([1 if flag else 0], torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.dmesh.group("world"))     # axis: world
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.mesh.group("world"))     # axis: world
         return bool(t.item())
 
+    def announce_stop(self, reason: str) -> None:
+        if self._stop is None:
+            self._stop = reason
+            self.store.set(self.run_key + "stop", f"{reason} (rank {self.rank})")
+
+    def stop_announced(self) -> str | None:
+        if self._stop is None and self.store.check([self.run_key + "stop"]):
+            self._stop = self.store.get(self.run_key + "stop").decode()
+        return self._stop
+
+    def wait_all_done(self) -> None:
+        self.store.set(f"{self.run_key}done/{self.rank}", "1")
+        keys = [f"{self.run_key}done/{r}" for r in range(self.world_size)]
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.store.wait(keys, timedelta(seconds=30))
+                return
+            except (dist.DistStoreError, RuntimeError):
+                if time.monotonic() - t0 > 600:
+                    log.info("waiting for the other replicas to finish their items")
+                    t0 = time.monotonic()
+
     def barrier(self) -> None:
-        dist.barrier(group=self.dmesh.group("world"))                                 # axis: world
+        dist.barrier(group=self.mesh.group("world"))                                  # axis: world
 
     def describe(self) -> dict:
-        return {**super().describe(), "replica_rank": self.replica_rank, "replica_size": self.replica_size,
-                "cfg_rank": self.cfg_rank, "t5_fsdp": self.dmesh.layout.t5_fsdp if self.dmesh else False,
-                "backend": dist.get_backend() if dist.is_initialized() else None,
-                "cfg_idle_steps": self.cfg_idle_steps}
+        return {**super().describe(), "backend": dist.get_backend() if dist.is_initialized() else None}

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from ..models.device import resolve_device
 from ..models.registry import get_model
 from ..pipeline.sizes import correct_frame_num, parse_size, token_count
 
@@ -63,11 +62,11 @@ def guidance_on(cfg) -> bool:
     return any(g > 1.0 for g in scales)
 
 
-def nearest_fitting_size(spec, frame_num: int, w: int, h: int, sp: int) -> tuple[int, int] | None:
-    """The size closest to (w, h) (sum of |dW| + |dH|) whose token count divides by sp; official sizes when the model
-    has a list, else multiples of the VAE stride x patch."""
-    if spec.sizes:
-        cands = [parse_size(s) for s in spec.sizes]
+def nearest_fitting_size(spec, frame_num: int, w: int, h: int, sp: int, sizes=()) -> tuple[int, int] | None:
+    """The size closest to (w, h) (sum of |dW| + |dH|) whose token count divides by sp; the official `sizes` when the
+    model has a list, else multiples of the VAE stride x patch."""
+    if sizes:
+        cands = [parse_size(s) for s in sizes]
     else:
         m = spec.size_multiple
         cands = [(cw, ch) for cw in range(max(m, w - 16 * m), w + 16 * m + 1, m) if cw % m == 0
@@ -76,7 +75,7 @@ def nearest_fitting_size(spec, frame_num: int, w: int, h: int, sp: int) -> tuple
     return (min(fits)[1], min(fits)[2]) if fits else None
 
 
-def check_tokens(spec, size: tuple[int, int], frame_num: int, sp: int, field: str) -> None:
+def check_tokens(spec, size: tuple[int, int], frame_num: int, sp: int, field: str, sizes=()) -> None:
     """Ulysses/ring split the token sequence evenly: T x h/2 x w/2 must divide by ulysses x ring."""
     if sp == 1:
         return
@@ -84,7 +83,7 @@ def check_tokens(spec, size: tuple[int, int], frame_num: int, sp: int, field: st
     frames, _ = correct_frame_num(frame_num)
     n = token_count(spec, frames, w, h)
     if n % sp:
-        near = nearest_fitting_size(spec, frames, w, h, sp)
+        near = nearest_fitting_size(spec, frames, w, h, sp, sizes)
         hint = f"; nearest size that fits: {near[0]}*{near[1]}" if near else "; no nearby size fits"
         raise ValueError(f"{field}={w}*{h}: {n} tokens ({frames} frames) must be divisible by ulysses x ring = "
                          f"{sp} to split the sequence evenly{hint}")
@@ -92,14 +91,18 @@ def check_tokens(spec, size: tuple[int, int], frame_num: int, sp: int, field: st
 
 def attention_backend_for(cfg) -> str:
     """The backend the DiT attention runs with: native SDPA on CPU (no LSE); GPU runs may pick an LSE kernel."""
-    dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return "_native_cudnn" if dev == "cuda" else "native"
+    return "_native_cudnn" if resolve_device(cfg.device).type == "cuda" else "native"
 
 
 def check_layout(cfg, world_size: int) -> Layout:
-    """Every parallel rule that needs no model weights; called by config.validate(cfg, world_size)."""
+    """Every parallel rule that needs no model weights; the worker calls it before any process group exists."""
     spec = get_model(cfg.model.name)
     lay = resolve_layout(cfg, world_size)
+    if lay.fsdp and lay.replica_size == 1:
+        raise ValueError(f"parallel.fsdp=true: a replica of 1 rank has nothing to shard (world size "
+                         f"{world_size} = dp {lay.dp} x cfg 1 x ulysses 1 x ring 1); FSDP shards the DiT over the "
+                         "ranks of a replica, so give the replica several ranks: e.g. parallel.ulysses=2 (sequence "
+                         "parallel) or parallel.cfg=2 (CFG-parallel), with parallel.dp=-1 taking what is left")
     if spec.num_heads % lay.ulysses:
         raise ValueError(f"parallel.ulysses={lay.ulysses}: must divide the head count of {spec.name} "
                          f"({spec.num_heads})")
@@ -113,13 +116,12 @@ def check_layout(cfg, world_size: int) -> Layout:
     size = parse_size(cfg.sample.size or cfg.model.size, "sample.size")
     frames = cfg.sample.frame_num if cfg.sample.frame_num is not None else cfg.model.frame_num
     field = "sample.size" if cfg.sample.size else "model.size"
-    check_tokens(spec, size, frames, lay.sp, field)
+    check_tokens(spec, size, frames, lay.sp, field, cfg.model.sizes)
     return lay
 
 
-def check_items(items, spec, lay: Layout) -> None:
+def check_items(requests, spec, lay: Layout, sizes=()) -> None:
     """Per-row check for manifests that override size or frame_num (image-sized rows are checked by the model)."""
-    for it in items:
-        req = it.request
+    for req in requests:
         if req.image is None:
-            check_tokens(spec, tuple(req.size), req.frame_num, lay.sp, f"manifest row {it.index} ({req.id}) size")
+            check_tokens(spec, tuple(req.size), req.frame_num, lay.sp, f"manifest row {req.id} size", sizes)

@@ -11,7 +11,7 @@ attempt's own store namespace (rendezvous.py) so a restarted group never reads a
 from __future__ import annotations
 
 import logging
-import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +90,20 @@ def build_mesh(layout: Layout, device: torch.device) -> Mesh:
     return mesh
 
 
-def local_device(device_name: str) -> torch.device:
-    from ..run import resolve_device
-    return resolve_device(device_name, int(os.environ.get("LOCAL_RANK", 0)))
+@contextmanager
+def open_context(layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0):
+    """The RunContext of this process for `layout`: single process when the layout is one rank (no process group),
+    else init the process group (unless a caller already did), build the mesh and yield a DistContext; the
+    group is destroyed on every exit path, errors included."""
+    from .context import RunContext
+    from .dist_context import DistContext
+    if layout.dp * layout.replica_size == 1 and not dist.is_initialized():
+        yield RunContext(degrees=layout.degrees())
+        return
+    owns = not dist.is_initialized()        # a test worker may run several configs in one process group
+    init_process_group(pick_backend(backend, device), device)
+    try:
+        yield DistContext.from_mesh(build_mesh(layout, device), local_rank)
+    finally:
+        if owns:
+            destroy_process_group()

@@ -106,7 +106,7 @@ class SplitDecode:
         allb = torch.empty((self.n * padded.shape[0], *padded.shape[1:]), dtype=padded.dtype, device=padded.device)
         dist.all_gather_into_tensor(allb, padded.contiguous(), group=self.group)       # axis: replica
         out = torch.cat([allb[r:r + 1, ..., :(e - s) * scale] for r, (s, e) in enumerate(spans)], dim=-1)
-        if vae.config.patch_size is not None:                                         # Wan2.2: [1, 12, ..] -> [1, 3, ..]
+        if vae.config.patch_size is not None:                                    # Wan2.2: [1, 12, ..] -> [1, 3, ..]
             from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out[0].float().clamp(-1, 1)

@@ -12,14 +12,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wan_dist.models.checkpoint_files import Collector, FileEntry, Problem, compare_tensors, collect_safetensors
+from wan_dist.models.checkpoint_files import Collector, FileEntry, Problem, collect_safetensors, compare_tensors
+from wan_dist.models.dtypes import code_of
 from wan_dist.models.registry import DIT_WEIGHTS, MODELS, T5_FILE, TOKENIZER_DIR, VAE_FILES, ModelSpec, get_model
 
-__all__ = ["CheckpointError", "CheckpointReport", "Problem", "FileEntry", "check", "detect_layout",
+__all__ = ["CheckpointError", "CheckpointReport", "Problem", "FileEntry", "check", "detect_format",
            "validate_checkpoint", "looks_like"]
 
 DIT_KEY_FIELDS = ("model_type", "dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim")
-_TORCH_DTYPES = {"torch.float32": "F32", "torch.bfloat16": "BF16", "torch.float16": "F16"}
 
 
 class CheckpointError(ValueError):
@@ -34,7 +34,7 @@ class CheckpointError(ValueError):
 class CheckpointReport:
     ckpt_dir: Path
     model: str
-    layout: str                                   # "native" | "diffusers"
+    ckpt_format: str                              # "native" | "diffusers"
     files: dict[str, list[FileEntry]] = field(default_factory=dict)  # component -> files the loader will read
     problems: list[Problem] = field(default_factory=list)
     hint: str | None = None                        # "this directory looks like a <name> checkpoint"
@@ -45,7 +45,7 @@ class CheckpointReport:
 
     def format_problems(self) -> str:
         n = len(self.problems)
-        lines = [f"checkpoint {self.ckpt_dir} cannot be loaded as model {self.model} ({self.layout} layout): "
+        lines = [f"checkpoint {self.ckpt_dir} cannot be loaded as model {self.model} ({self.ckpt_format} format): "
                  f"{n} problem{'s' if n != 1 else ''}"]
         lines += [f"  {p}" for p in self.problems]
         if self.hint:
@@ -53,14 +53,14 @@ class CheckpointReport:
         return "\n".join(lines)
 
     def format(self) -> str:
-        lines = [f"checkpoint: {self.ckpt_dir}", f"model: {self.model}", f"layout: {self.layout}", "files:"]
+        lines = [f"checkpoint: {self.ckpt_dir}", f"model: {self.model}", f"format: {self.ckpt_format}", "files:"]
         for comp, entries in self.files.items():
             lines += [f"  {comp:<24} {e.dtype:<10} {e.path}" for e in entries]
         lines.append("OK: loadable" if self.ok else self.format_problems())
         return "\n".join(lines)
 
 
-def detect_layout(ckpt_dir) -> str:
+def detect_format(ckpt_dir) -> str:
     """"diffusers" when `model_index.json` is present, else "native". A missing directory is a ValueError."""
     d = Path(ckpt_dir)
     if not d.is_dir():
@@ -76,16 +76,16 @@ def _spec(spec) -> ModelSpec:
 def validate_checkpoint(ckpt_dir, spec) -> CheckpointReport:
     spec = _spec(spec)
     root = Path(ckpt_dir)
-    layout = detect_layout(root)
+    ckpt_format = detect_format(root)
     col = Collector(root, spec.name)
-    if layout == "diffusers":
+    if ckpt_format == "diffusers":
         from wan_dist.models.checkpoint_diffusers import validate_diffusers
         validate_diffusers(col, spec)
     else:
         _validate_native(col, spec)
-    report = CheckpointReport(root, spec.name, layout, col.files, col.problems)
+    report = CheckpointReport(root, spec.name, ckpt_format, col.files, col.problems)
     if not report.ok:
-        matches = looks_like(root) if layout == "native" else []
+        matches = looks_like(root) if ckpt_format == "native" else []
         others = [n for n in matches if n != spec.name]
         if others and spec.name not in matches:
             report.hint = f"this directory looks like a {others[0]} checkpoint"
@@ -125,7 +125,7 @@ def _check_dit(col: Collector, spec: ModelSpec, sub: str, convert) -> None:
                 + ("; the root holds a single DiT (config.json) instead" if (col.root / "config.json").is_file()
                    else "") + ")")
         return
-    cfg = dict(spec.dit)
+    native_cfg = dict(spec.dit)
     if not cfg_path.is_file():
         col.add(cfg_path, "DiT config", "missing")
     else:
@@ -142,14 +142,14 @@ def _check_dit(col: Collector, spec: ModelSpec, sub: str, convert) -> None:
             if wrong:
                 col.add(cfg_path, "DiT config", "; ".join(wrong))
             # the file's own structure decides which tensors its weights must hold (text_dim etc. from the spec)
-            cfg.update(native)
+            native_cfg.update(native)
     found = collect_safetensors(col, folder, DIT_WEIGHTS, "DiT weights", component, "DiT shard", "DiT index")
     if found is None:
         return
     index = folder / f"{DIT_WEIGHTS}.safetensors.index.json"
     where = index if index.is_file() else folder / f"{DIT_WEIGHTS}.safetensors"
     try:
-        expected = convert.native_spec("dit", cfg)
+        expected = convert.native_spec("dit", native_cfg)
     except Exception as e:  # a config.json so wrong that no module can be built from it
         col.add(cfg_path, "DiT config", f"cannot derive the expected tensors ({type(e).__name__}: {e})")
         return
@@ -170,7 +170,7 @@ def _check_pth(col: Collector, path: Path, what: str, component: str, conv: str,
                 f"{str(e).split('. ')[0][:200]})")
         return
     rel = col.rel(path)
-    found = {k: (tuple(v.shape), _TORCH_DTYPES.get(str(v.dtype), str(v.dtype)), rel) for k, v in sd.items()}
+    found = {k: (tuple(v.shape), code_of(v.dtype), rel) for k, v in sd.items()}
     col.file(component, path, what, "+".join(sorted({v[1] for v in found.values()})) or "-")
     compare_tensors(col, path, what, found, convert.native_spec(conv, native_cfg))
     del sd

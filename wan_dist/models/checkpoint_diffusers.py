@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wan_dist.models.checkpoint_files import Collector, compare_tensors, collect_safetensors
+from wan_dist.models.checkpoint_files import Collector, collect_safetensors, compare_tensors
 from wan_dist.models.registry import ModelSpec
 
 # component -> (what, weights file stem or None, config file)
@@ -52,7 +52,7 @@ def validate_diffusers(col: Collector, spec: ModelSpec) -> None:
             col.add(cfg_path, what, f"diffusers component {name!r} missing: {col.rel(cfg_path)}")
             continue
         try:
-            cfg = json.loads(cfg_path.read_text())
+            lib_cfg = json.loads(cfg_path.read_text())
         except (ValueError, OSError) as e:
             col.add(cfg_path, what, f"corrupt config ({e})")
             continue
@@ -60,11 +60,11 @@ def validate_diffusers(col: Collector, spec: ModelSpec) -> None:
         if stem is None:
             continue
         found = collect_safetensors(col, folder, stem, f"{what} weights", name, f"{what} shard", f"{what} index")
-        _check_config(col, spec, name, cfg_path, cfg)
+        _check_config(col, spec, name, cfg_path, lib_cfg)
         if found is None:
             continue
         try:
-            expected, tied = _expected(name, cfg)
+            expected, tied = _expected(name, lib_cfg)
         except Exception as e:  # config.json that the library class rejects
             col.add(cfg_path, what, f"the library class cannot be built from it ({type(e).__name__}: {e})")
             continue
@@ -86,39 +86,41 @@ def _check_tokenizer(col: Collector, folder: Path) -> None:
         col.add(folder, "tokenizer", "holds neither tokenizer.json nor spiece.model")
 
 
-def _check_config(col: Collector, spec: ModelSpec, name: str, path: Path, cfg: dict) -> None:
+def _check_config(col: Collector, spec: ModelSpec, name: str, path: Path, lib_cfg: dict) -> None:
     """Compare the library config with what the registry model needs (field, found, needed)."""
     d, v, t = spec.dit, spec.vae, spec.t5
     if name.startswith("transformer"):
-        heads, hd = cfg.get("num_attention_heads"), cfg.get("attention_head_dim")
+        heads, hd = lib_cfg.get("num_attention_heads"), lib_cfg.get("attention_head_dim")
         want = {"num_attention_heads": (heads, d["num_heads"]),
                 "num_attention_heads*attention_head_dim": (heads * hd if heads and hd else None, d["dim"]),
-                "ffn_dim": (cfg.get("ffn_dim"), d["ffn_dim"]), "num_layers": (cfg.get("num_layers"), d["num_layers"]),
-                "in_channels": (cfg.get("in_channels"), d["in_dim"]),
-                "out_channels": (cfg.get("out_channels"), d["out_dim"])}
+                "ffn_dim": (lib_cfg.get("ffn_dim"), d["ffn_dim"]),
+                "num_layers": (lib_cfg.get("num_layers"), d["num_layers"]),
+                "in_channels": (lib_cfg.get("in_channels"), d["in_dim"]),
+                "out_channels": (lib_cfg.get("out_channels"), d["out_dim"])}
     elif name == "vae":
-        want = {"z_dim": (cfg.get("z_dim"), v["z_dim"]), "base_dim": (cfg.get("base_dim"), v["dim"])}
+        want = {"z_dim": (lib_cfg.get("z_dim"), v["z_dim"]), "base_dim": (lib_cfg.get("base_dim"), v["dim"])}
     else:
-        want = {"d_model": (cfg.get("d_model"), t["dim"]), "num_layers": (cfg.get("num_layers"), t["encoder_layers"]),
-                "vocab_size": (cfg.get("vocab_size"), t["vocab_size"])}
+        want = {"d_model": (lib_cfg.get("d_model"), t["dim"]),
+                "num_layers": (lib_cfg.get("num_layers"), t["encoder_layers"]),
+                "vocab_size": (lib_cfg.get("vocab_size"), t["vocab_size"])}
     wrong = [f"{k}={got!r} but the model needs {need!r}" for k, (got, need) in want.items() if got != need]
     if wrong:
         col.add(path, _COMPONENTS[name][0] + " config", "; ".join(wrong))
 
 
-def _expected(name: str, cfg: dict) -> tuple[dict, list[str]]:
+def _expected(name: str, lib_cfg: dict) -> tuple[dict, list[str]]:
     """{tensor name: shape} of the library class for this config, built on meta; and its tied keys."""
     import torch
     with torch.device("meta"):
         if name.startswith("transformer"):
             from diffusers import WanTransformer3DModel
-            module, tied = WanTransformer3DModel.from_config(cfg), []
+            module, tied = WanTransformer3DModel.from_config(lib_cfg), []
         elif name == "vae":
             from diffusers import AutoencoderKLWan
-            module, tied = AutoencoderKLWan.from_config(cfg), []
+            module, tied = AutoencoderKLWan.from_config(lib_cfg), []
         else:
             from transformers import UMT5Config, UMT5EncoderModel
-            conf = UMT5Config.from_dict(cfg)
+            conf = UMT5Config.from_dict(lib_cfg)
             module = UMT5EncoderModel(conf)
             tied = list(getattr(module, "_tied_weights_keys", None) or [])
     return {k: tuple(p.shape) for k, p in module.state_dict().items()}, tied

@@ -12,9 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FLOAT_DTYPES = ("F32", "BF16", "F16")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+from .dtypes import BYTES, FLOAT_CODES
+
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors itself refuses headers above 100 MB
 MAX_LISTED = 10  # keys shown per category before "... and N more"
 
@@ -70,6 +69,11 @@ def read_safetensors_header(path: Path) -> dict:
 
     Raises ValueError("truncated: ...") or ValueError("corrupt: ...") with the sizes involved.
     """
+    return read_safetensors_table(path)[0]
+
+
+def read_safetensors_table(path: Path) -> tuple[dict, int]:
+    """(tensor table, byte offset where the data block starts): what the sharded loader needs to pread slices."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -94,12 +98,12 @@ def read_safetensors_header(path: Path) -> dict:
             dtype, shape, (lo, hi) = info["dtype"], list(info["shape"]), info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise ValueError(f"corrupt: header entry {name!r} lacks dtype/shape/data_offsets") from None
-        if dtype in _DTYPE_BYTES and hi - lo != math.prod(shape) * _DTYPE_BYTES[dtype]:
+        if dtype in BYTES and hi - lo != math.prod(shape) * BYTES[dtype]:
             raise ValueError(f"corrupt: tensor {name!r} {dtype}{shape} spans {hi - lo} bytes")
         end = max(end, hi)
     if 8 + n + end > size:
         raise ValueError(f"truncated: header and data offsets need {8 + n + end} bytes, file has {size} bytes")
-    return table
+    return table, 8 + n
 
 
 def dtype_summary(dtypes) -> str:
@@ -177,7 +181,7 @@ def _read_one(col: Collector, path: Path, what: str, component: str) -> dict | N
 
 
 def compare_tensors(col: Collector, path: Path | str, what: str, found: dict, expected: dict,
-                    dtypes=FLOAT_DTYPES) -> None:
+                    dtypes=FLOAT_CODES) -> None:
     """Compare {name: (shape, dtype, file)} with {name: shape}: missing, unexpected, wrong shape, bad dtype.
 
     Missing tensors are reported against `path` (the index or the single file); the others against the file that

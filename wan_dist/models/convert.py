@@ -101,17 +101,17 @@ def library_config(component: str, native_cfg: dict):
 
 def build_library_module(component: str, native_cfg: dict, device="meta") -> torch.nn.Module:
     """The library module for ``native_cfg``, constructed on ``device`` (meta: no memory, no init cost)."""
-    cfg = library_config(component, native_cfg)
+    lib_cfg = library_config(component, native_cfg)
     # device=None: the caller's context decides (e.g. accelerate.init_empty_weights with real buffers)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         if component == "dit":
             from diffusers import WanTransformer3DModel
-            return WanTransformer3DModel(**cfg)
+            return WanTransformer3DModel(**lib_cfg)
         if component == "t5":
             from transformers import UMT5EncoderModel
-            return UMT5EncoderModel(cfg)
+            return UMT5EncoderModel(lib_cfg)
         from diffusers import AutoencoderKLWan
-        return AutoencoderKLWan(**cfg)
+        return AutoencoderKLWan(**lib_cfg)
 
 
 # ---------------------------------------------------------------------------- native key universes (dit, vae2.1)

@@ -49,7 +49,7 @@ _T5_BLOCK = [("attn.{a}.weight", "layer.0.SelfAttention.{a}.weight"),
              ("norm2.weight", "layer.1.layer_norm.weight")]
 T5_RULES = [("token_embedding.weight", ("shared.weight", "encoder.embed_tokens.weight"), None),
             ("norm.weight", ("encoder.final_layer_norm.weight",), None)]
-T5_RULES += [("blocks.{i}." + n, ("encoder.block.{i}." + l,), None) for n, l in _T5_BLOCK]
+T5_RULES += [("blocks.{i}." + n, ("encoder.block.{i}." + lib,), None) for n, lib in _T5_BLOCK]
 
 
 @functools.lru_cache(maxsize=None)

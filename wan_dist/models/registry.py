@@ -1,8 +1,10 @@
-"""Model registry: what each Wan task is made of and how the native code samples it.
+"""Model registry: what each Wan task is made of (structure only).
 
 One `ModelSpec` per task (`t2v-1.3B`, `t2v-14B`, `ti2v-5B`, `t2v-A14B`, `i2v-A14B`) plus tiny random-weight
 variants that keep the real block structure (2.1 VAE for tiny-t2v/tiny-*-moe, 2.2 VAE for tiny-ti2v, two experts for
 the moe ones) and shrink only widths, layers and heads.  Facts: shared/reference/wan_facts.md §1–§6.
+How a task is *sampled* (steps, shift, guidance, MoE boundary, fps, frames, sizes) is not here: those defaults live in
+conf/model/<name>.yaml, their one owner.
 """
 from __future__ import annotations
 
@@ -38,17 +40,15 @@ VAE22_TINY = dict(VAE22_REAL, dim=8, dec_dim=16)
 T5_TINY = {"vocab_size": 256, "dim": 32, "dim_attn": 32, "dim_ffn": 64, "num_heads": 4, "encoder_layers": 2,
            "num_buckets": 32, "shared_pos": False, "dropout": 0.1}
 
-SIZES_21_14B = ("720*1280", "1280*720", "480*832", "832*480")
-
 
 def _dit(model_type, dim, ffn_dim, heads, layers, in_dim, out_dim, text_dim=4096):
-    cfg = {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "model_type": model_type, "dim": dim,
+    native_cfg = {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "model_type": model_type, "dim": dim,
            "ffn_dim": ffn_dim, "freq_dim": 256, "in_dim": in_dim, "out_dim": out_dim, "num_heads": heads,
            "num_layers": layers, "eps": 1e-06, "text_len": 512}
     if text_dim != 4096:
         # not in real config.json files (an ignored constructor argument there, default 4096); tiny models need it
-        cfg["text_dim"] = text_dim
-    return cfg
+        native_cfg["text_dim"] = text_dim
+    return native_cfg
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,6 @@ class ModelSpec:
     vae_version: str                 # "2.1" | "2.2"
     vae: dict                        # native VAE config
     t5: dict                         # native T5 config
-    sample_steps: int
-    sample_shift: float
-    guide_scale: tuple[float, float]  # (low_noise, high_noise), the native tuple order; equal for single experts
-    boundary: float | None           # MoE switch: t >= boundary*1000 -> high-noise expert
-    fps: int
-    frame_num: int
-    sizes: tuple[str, ...] | None    # official W*H strings; None = any size the strides allow (tiny models)
-    default_size: str
     image: str                       # "none" | "optional" (ti2v: image switches to i2v mode) | "required"
     tiny: bool = False
     dit_shards: int = 2              # how many safetensors shards the tiny writer produces
@@ -119,35 +111,21 @@ def _tiny(name, family, model_type, in_dim, out_dim, **kw):
     vae_version = kw.pop("vae_version", "2.1")
     dit = _dit(model_type, 64, 128, 2, 2, in_dim, out_dim, text_dim=T5_TINY["dim"])
     return ModelSpec(name=name, family=family, dit=dit, vae_version=vae_version,
-                     vae=VAE22_TINY if vae_version == "2.2" else VAE21_TINY, t5=T5_TINY, tiny=True, sizes=None,
-                     **kw)
+                     vae=VAE22_TINY if vae_version == "2.2" else VAE21_TINY, t5=T5_TINY, tiny=True, **kw)
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
-    _real("t2v-1.3B", "t2v", _dit("t2v", 1536, 8960, 12, 30, 16, 16), experts=(), sample_steps=50,
-          sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None, fps=16, frame_num=81,
-          sizes=("480*832", "832*480"), default_size="832*480", image="none"),
-    _real("t2v-14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=(), sample_steps=50,
-          sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None, fps=16, frame_num=81, sizes=SIZES_21_14B,
-          default_size="1280*720", image="none"),
+    _real("t2v-1.3B", "t2v", _dit("t2v", 1536, 8960, 12, 30, 16, 16), experts=(), image="none"),
+    _real("t2v-14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=(), image="none"),
     _real("ti2v-5B", "ti2v", _dit("ti2v", 3072, 14336, 24, 30, 48, 48), experts=(), vae_version="2.2",
-          sample_steps=50, sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None, fps=24, frame_num=121,
-          sizes=("1280*704", "704*1280"), default_size="1280*704", image="optional"),
-    _real("t2v-A14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=EXPERT_DIRS, sample_steps=40,
-          sample_shift=12.0, guide_scale=(3.0, 4.0), boundary=0.875, fps=16, frame_num=81, sizes=SIZES_21_14B,
-          default_size="1280*720", image="none"),
-    _real("i2v-A14B", "i2v", _dit("i2v", 5120, 13824, 40, 40, 36, 16), experts=EXPERT_DIRS, sample_steps=40,
-          sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900, fps=16, frame_num=81, sizes=SIZES_21_14B,
-          default_size="1280*720", image="required",
+          image="optional"),
+    _real("t2v-A14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=EXPERT_DIRS, image="none"),
+    _real("i2v-A14B", "i2v", _dit("i2v", 5120, 13824, 40, 40, 36, 16), experts=EXPERT_DIRS, image="required",
           notes="size is a maximum area; the output keeps the image's aspect ratio"),
-    _tiny("tiny-t2v", "t2v", "t2v", 16, 16, experts=(), sample_steps=8, sample_shift=5.0, guide_scale=(5.0, 5.0),
-          boundary=None, fps=16, frame_num=17, default_size="64*64", image="none"),
-    _tiny("tiny-ti2v", "ti2v", "ti2v", 48, 48, experts=(), vae_version="2.2", sample_steps=8, sample_shift=5.0,
-          guide_scale=(5.0, 5.0), boundary=None, fps=24, frame_num=17, default_size="64*64", image="optional"),
-    _tiny("tiny-t2v-moe", "t2v", "t2v", 16, 16, experts=EXPERT_DIRS, sample_steps=10, sample_shift=12.0,
-          guide_scale=(3.0, 4.0), boundary=0.875, fps=16, frame_num=17, default_size="64*64", image="none"),
-    _tiny("tiny-i2v-moe", "i2v", "i2v", 36, 16, experts=EXPERT_DIRS, sample_steps=10, sample_shift=5.0,
-          guide_scale=(3.5, 3.5), boundary=0.900, fps=16, frame_num=17, default_size="64*64", image="required"),
+    _tiny("tiny-t2v", "t2v", "t2v", 16, 16, experts=(), image="none"),
+    _tiny("tiny-ti2v", "ti2v", "ti2v", 48, 48, experts=(), vae_version="2.2", image="optional"),
+    _tiny("tiny-t2v-moe", "t2v", "t2v", 16, 16, experts=EXPERT_DIRS, image="none"),
+    _tiny("tiny-i2v-moe", "i2v", "i2v", 36, 16, experts=EXPERT_DIRS, image="required"),
 ]}
 
 REAL_MODELS = tuple(n for n, m in MODELS.items() if not m.tiny)

@@ -69,6 +69,7 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
 
 def _library_weights(component: str, native_cfg: dict, seed: int, **to_native_kw) -> dict:
     import torch
+
     from wan_dist.models import convert
 
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was

@@ -19,8 +19,7 @@ import time
 
 log = logging.getLogger("wan_dist.figures")
 
-GEN_STAGES = ("text_encode", "latents", "denoise", "expert_switch", "vae_decode")
-SUM_STAGES = ("model_load", "text_encode", "latents", "denoise", "vae_decode", "save")
+from .stages import GEN_STAGES, SUM_STAGES
 
 
 def stage_sum(timings: dict) -> float:

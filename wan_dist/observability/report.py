@@ -18,10 +18,11 @@ import logging
 from pathlib import Path
 
 from .figures import run_figures, run_line
+from .stages import TIMING_KEYS
 
 log = logging.getLogger("wan_dist.report")
 
-STAGES = ("model_load", "text_encode", "latents", "denoise", "expert_switch", "vae_decode", "save", "total")
+STAGES = TIMING_KEYS
 SETTING_KEYS = ("model", "steps", "shift", "solver", "guide_scale", "guide_scale_high", "cfg_truncate_steps",
                 "cfg_truncate_high_noise_steps", "frame_num", "size")
 VIDEO_COLUMNS = (["setting", "id", "seed", "prompt"] + list(SETTING_KEYS) + ["frames"]
@@ -226,7 +227,7 @@ def write_report(out_dir) -> Path:
     """Write OUT_DIR/report/ and return its path. Raises ValueError when there is no sidecar to report on."""
     import matplotlib
     matplotlib.use("Agg", force=True)
-    from ..batch.atomic import write_bytes_atomic
+    from ..files import write_bytes_atomic
 
     out_dir = Path(out_dir)
     if not out_dir.is_dir():

@@ -45,9 +45,10 @@ class FiguresSink:
     Memory: only running totals (RunTotals) and the ids already logged are kept, never the sidecars themselves, so a
     long batch does not grow with every video."""
 
-    def __init__(self, inner, out_dir, printer=print):
+    def __init__(self, inner, out_dir, printer=print, run_id: str | None = None):
         self.inner = inner
         self.out_dir = Path(out_dir)
+        self.run_id = run_id              # other processes writing into the same out_dir are not this run
         self.t_start = time.time()
         self.printer = printer
         self.totals = RunTotals()
@@ -82,7 +83,10 @@ class FiguresSink:
                 sc = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(sc, dict) and "timings" in sc and str(sc.get("id")) not in self.logged_ids:
+            other_run = self.run_id is not None and (sc.get("run") or {}).get("run_id") != self.run_id \
+                if isinstance(sc, dict) else True
+            if isinstance(sc, dict) and "timings" in sc and str(sc.get("id")) not in self.logged_ids \
+                    and not other_run:
                 found.append((p.stat().st_mtime, sc))
         for _, sc in sorted(found, key=lambda x: x[0]):
             mp4 = self.out_dir / (sc.get("outputs") or {}).get("mp4", f"videos/{sc.get('id')}.mp4")
@@ -101,7 +105,7 @@ class FiguresSink:
         _safe(self.inner.close)
 
 
-def make_sink(cfg, out_dir, is_logger: bool):
+def make_sink(cfg, out_dir, is_logger: bool, run_id: str | None = None):
     """Exactly one process logs (`is_logger`, rank 0 of the world); every other process gets the null sink.
     `logger=none` never imports wandb."""
     if not is_logger:
@@ -114,4 +118,4 @@ def make_sink(cfg, out_dir, is_logger: bool):
         except Exception as e:  # noqa: BLE001
             log.warning("W&B sink unavailable (%s: %s); continuing without W&B", type(e).__name__, e)
             inner = NullSink()
-    return FiguresSink(inner, out_dir)
+    return FiguresSink(inner, out_dir, run_id=run_id)

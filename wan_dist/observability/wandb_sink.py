@@ -3,7 +3,7 @@
 - `logger.mode=offline` (default): files under `<out_dir>/wandb/` (dir set explicitly), no network at all;
   `wandb sync <out_dir>/wandb/offline-run-*` uploads them later. `online` needs WANDB_API_KEY in the environment.
 - project / group / name / tags from `cfg.logger`; name defaults to the out_dir's name.
-- the resolved config (secret-looking keys dropped), per video a row of the `videos` Table (prompt, seed,
+- the resolved config (secrets redacted by observability.redact), per video a row of the `videos` Table (prompt, seed,
   settings, timings, the mp4 as `wandb.Video(path)`), the per-step times as a series (`step/seconds` against
   `step/global`, plus a `per_step` Table), per-video scalars (`video/*` against `video/index`) and a run summary.
 - Memory: the two Tables are logged once, at the end, so their rows are held until then. They are capped
@@ -16,32 +16,24 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
+
+from .redact import redact
+from .stages import TIMING_KEYS
 
 log = logging.getLogger("wan_dist.wandb")
 _USER_DATA_DIR = os.environ.get("WANDB_DATA_DIR")  # a user's own choice wins over ours
 
-SECRET_RE = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.I)
 
 # settings that go into the table rows (prompt and seed are columns of their own)
 SETTINGS = ("model", "size", "frame_num", "fps", "steps", "shift", "solver", "guide_scale", "guide_scale_high",
             "cfg_truncate_steps", "cfg_truncate_high_noise_steps", "image")
-TIMING_KEYS = ("model_load", "text_encode", "latents", "denoise", "expert_switch", "vae_decode", "save", "total")
 VIDEO_COLUMNS = (["id", "prompt", "seed"] + list(SETTINGS) + [f"{k}_s" for k in TIMING_KEYS]
-                 + ["inference_s", "frames_per_second", "expert_switches", "forwards", "peak_memory_mib", "mp4", "video"])
+                 + ["inference_s", "frames_per_second", "expert_switches", "forwards", "peak_memory_mib", "mp4",
+                    "video"])
 STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "seconds"]
 TABLE_MAX_ROWS = 200_000        # W&B truncates a Table to 200k rows anyway (wandb.Table.MAX_ARTIFACT_ROWS)
 STEP_TABLE_MAX_ROWS = 100_000   # e.g. 2000 videos x 50 steps; about 15 MiB of rows held until the end of the run
-
-
-def scrub(obj):
-    """Drop keys that look like credentials, recursively (the run config holds none today; belt and braces)."""
-    if isinstance(obj, dict):
-        return {k: scrub(v) for k, v in obj.items() if not SECRET_RE.search(str(k))}
-    if isinstance(obj, (list, tuple)):
-        return [scrub(v) for v in obj]
-    return obj
 
 
 def _cell(v):
@@ -67,7 +59,8 @@ class WandbSink:
             self.wandb = wandb
             wdir = self.out_dir / "wandb"  # wandb.init(dir=out_dir) writes its runs under out_dir/wandb/
             wdir.mkdir(parents=True, exist_ok=True)
-            if lc.mode == "offline" and not _USER_DATA_DIR:  # Table artifacts are staged here: keep the run self-contained
+            # Table artifacts are staged here: keep the run self-contained
+            if lc.mode == "offline" and not _USER_DATA_DIR:
                 os.environ["WANDB_DATA_DIR"] = str((wdir / "data").resolve())
             settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False,
                                       x_disable_stats=True)
@@ -99,7 +92,7 @@ class WandbSink:
         if not self.active:
             return
         try:
-            self.run.config.update(scrub(config), allow_val_change=True)
+            self.run.config.update(redact(config), allow_val_change=True)
         except Exception as e:  # noqa: BLE001
             self._fail("config", e)
 
@@ -158,7 +151,7 @@ class WandbSink:
             if self.rows:
                 self.run.log({"videos": wandb.Table(columns=VIDEO_COLUMNS, data=self.rows),
                               "per_step": wandb.Table(columns=STEP_COLUMNS, data=self.step_rows)})
-            for k, v in scrub(summary).items():
+            for k, v in redact(summary).items():
                 self.run.summary[k] = v
         except Exception as e:  # noqa: BLE001
             self._fail("summary", e)

@@ -16,19 +16,20 @@ from ..observability.timer import sync
 from .latents import Conditioning
 
 
-def dit_forward(model, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+def dit_forward(model, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
     """[1, C, T, h, w] -> [z, T, h, w] float32."""
-    return model(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0][0].float()
+    return model(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0][0].float()
 
 
 class SequentialGuidance:
     """Default CFG executor: conditional then unconditional forward on the same device (as the native code)."""
 
-    def __call__(self, model, x, t, context, context_null, scale: float, do_cfg: bool) -> torch.Tensor:
-        cond = dit_forward(model, x, t, context)
+    def __call__(self, model, x, t, prompt_embeds, negative_prompt_embeds, scale: float,
+                 do_cfg: bool) -> torch.Tensor:
+        cond = dit_forward(model, x, t, prompt_embeds)
         if not do_cfg:
             return cond
-        uncond = dit_forward(model, x, t, context_null)
+        uncond = dit_forward(model, x, t, negative_prompt_embeds)
         return uncond + scale * (cond - uncond)
 
 
@@ -54,7 +55,8 @@ class DenoiseResult:
         return out
 
 
-def denoise(models: dict, cond: Conditioning, context: torch.Tensor, context_null: torch.Tensor, scheduler, *,
+def denoise(models: dict, cond: Conditioning, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
+            scheduler, *,
             step_experts: list[str], guidance: dict[str, float], cfg_on: list[bool], dtype, device,
             activate: Callable[[str], None] | None = None, guidance_exec=None,
             on_step: Callable[[int, int], None] | None = None) -> DenoiseResult:
@@ -63,7 +65,8 @@ def denoise(models: dict, cond: Conditioning, context: torch.Tensor, context_nul
     timesteps = scheduler.timesteps
     res = DenoiseResult(cond.latents, [int(t) for t in timesteps], list(step_experts), list(cfg_on))
     latents = cond.latents
-    context, context_null = context.to(device, dtype), context_null.to(device, dtype)
+    prompt_embeds = prompt_embeds.to(device, dtype)
+    negative_prompt_embeds = negative_prompt_embeds.to(device, dtype)
     current = None
     for i, t in enumerate(timesteps):
         expert = step_experts[i]
@@ -79,7 +82,7 @@ def denoise(models: dict, cond: Conditioning, context: torch.Tensor, context_nul
         sync(device)
         t0 = time.perf_counter()
         x = cond.model_input(latents, dtype)
-        v = guidance_exec(models[expert], x, cond.timestep(t.to(device)), context, context_null,
+        v = guidance_exec(models[expert], x, cond.timestep(t.to(device)), prompt_embeds, negative_prompt_embeds,
                           guidance[expert], cfg_on[i])
         latents = scheduler.step(v[None], t, latents[None], return_dict=False)[0][0]
         latents = cond.after_step(latents)

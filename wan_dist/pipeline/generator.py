@@ -16,9 +16,9 @@ from ..observability.timer import StageTimer
 from . import latents as latents_mod
 from . import vae as vae_ops
 from .denoise import DenoiseResult, denoise
-from .request import GenerationRequest, plan
+from .request import GenerationRequest, step_plan
 from .schedule import make_scheduler
-from .text import encode_prompt, pad_context
+from .text import encode_prompt, pad_embeds
 
 
 @dataclass
@@ -33,14 +33,16 @@ class GenerationResult:
 
 
 class WanGenerator:
-    def __init__(self, loaded: LoadedModel, *, device, dtype, t5_device, offload_model: bool = False,
-                 boundary: float | None = None, guidance_exec=None, decode_fn: Callable | None = None,
-                 check_finite: bool = True):
+    """`place`: models.device.Placement; `guidance_exec` / `decode_fn`: what distributed.parallelize returned (the
+    single-device defaults when None); `boundary`: the MoE switch (conf model.boundary), None for one expert."""
+
+    def __init__(self, loaded: LoadedModel, place, *, boundary: float | None = None, guidance_exec=None,
+                 decode_fn: Callable | None = None, check_finite: bool = True):
         self.m = loaded
-        self.boundary = boundary if boundary is not None else loaded.spec.boundary
+        self.boundary = boundary
         self.spec = loaded.spec
-        self.device, self.dtype, self.t5_device = torch.device(device), dtype, torch.device(t5_device)
-        self.offload = offload_model
+        self.device, self.dtype, self.t5_device = place.device, place.dtype, place.t5_device
+        self.offload = place.offload_model
         self.guidance_exec = guidance_exec
         self.decode_fn = decode_fn or vae_ops.decode
         self.check_finite = check_finite
@@ -64,28 +66,28 @@ class WanGenerator:
         enc = self.m.text_encoder
         if self.offload and self.t5_device.type != "cpu":
             enc.to(self.t5_device)
-        ctx = encode_prompt(self.m.tokenizer, enc, text, self.t5_device)
+        embeds = encode_prompt(self.m.tokenizer, enc, text, self.t5_device)
         if self.offload and self.t5_device.type != "cpu":
             enc.to("cpu")
-        self._text_cache[text] = ctx
+        self._text_cache[text] = embeds
         while len(self._text_cache) > 8:
             self._text_cache.popitem(last=False)
-        return ctx
+        return embeds
 
     # -- one video ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, req: GenerationRequest, image=None, timer: StageTimer | None = None) -> GenerationResult:
         timer = timer or StageTimer(self.device)
         with timer.stage("text_encode"):
-            ctx = pad_context(self._encode(req.prompt))
-            ctx_null = pad_context(self._encode(req.negative_prompt))
+            prompt_embeds = pad_embeds(self._encode(req.prompt))
+            negative_prompt_embeds = pad_embeds(self._encode(req.negative_prompt))
         with timer.stage("latents"):
             cond = latents_mod.prepare(self.spec, self.m.vae, size=req.size, frame_num=req.frame_num,
                                        seed=req.seed, device=self.device, image=image)
-        experts, cfg_on = plan(req, self.boundary)
+        experts, cfg_on = step_plan(req, self.boundary)
         scheduler = make_scheduler(req.solver, req.steps, req.shift, device=self.device)
         with timer.stage("denoise"):
-            res = denoise(self.m.dits, cond, ctx, ctx_null, scheduler, step_experts=experts,
+            res = denoise(self.m.dits, cond, prompt_embeds, negative_prompt_embeds, scheduler, step_experts=experts,
                           guidance=req.guidance(), cfg_on=cfg_on, dtype=self.dtype, device=self.device,
                           activate=self._activate, guidance_exec=self.guidance_exec, on_step=self.on_step)
         timer.add("expert_switch", res.expert_switch_s)

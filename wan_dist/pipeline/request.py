@@ -8,12 +8,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ..config import SOLVERS, RunConfig
+from ..config import MAX_SEED, RunConfig, check_value
 from ..models.registry import NATIVE_NEGATIVE_PROMPT, ModelSpec
 from .schedule import cfg_plan, expert_plan, timesteps_for
 from .sizes import check_size, correct_frame_num, parse_size
-
-MAX_SEED = 2**63 - 1
 
 
 def derive_seed(run_seed: int, item_id: str) -> int:
@@ -65,31 +63,26 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str) -> G
     warnings = []
     size_str = _pick(row, "size", s.size, m.size)
     size = parse_size(size_str, "size")
-    check_size(spec, size, "size")
+    check_size(spec, size, "size", m.sizes)
     frames_req = int(_pick(row, "frame_num", s.frame_num, m.frame_num))
-    if frames_req < 1:
-        raise ValueError(f"frame_num={frames_req}: must be >= 1")
+    check_value("frame_num", frames_req)
     frames, warn = correct_frame_num(frames_req)
     if warn:
         warnings.append(warn)
     steps = int(_pick(row, "steps", s.steps, m.steps))
-    if steps < 1:
-        raise ValueError(f"steps={steps}: must be >= 1")
+    check_value("steps", steps)
     shift = float(_pick(row, "shift", s.shift, m.shift))
-    if shift <= 0:
-        raise ValueError(f"shift={shift}: must be > 0")
+    check_value("shift", shift)
     solver = str(_pick(row, "solver", s.solver))
-    if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r}: must be one of {', '.join(SOLVERS)}")
+    check_value("solver", solver)
     g_low = float(_pick(row, "guide_scale", s.guide_scale, m.guide_scale))
     g_high = _pick(row, "guide_scale_high", s.guide_scale_high, m.guide_scale_high)
     if not spec.is_moe and row.get("guide_scale_high") not in (None, ""):
         raise ValueError(f"guide_scale_high={row['guide_scale_high']}: {spec.name} has a single expert; "
                          "use guide_scale")
     g_high = float(g_high) if spec.is_moe and g_high is not None else None
-    for name, g in (("guide_scale", g_low), ("guide_scale_high", g_high)):
-        if g is not None and g < 1.0:
-            raise ValueError(f"{name}={g}: must be >= 1.0 (1.0 turns classifier-free guidance off)")
+    check_value("guide_scale", g_low)
+    check_value("guide_scale_high", g_high)
     trunc_low = int(_pick(row, "cfg_truncate_steps", s.cfg_truncate_steps))
     trunc_high = int(_pick(row, "cfg_truncate_high_noise_steps", s.cfg_truncate_high_noise_steps))
     experts = expert_plan(timesteps_for(solver, steps, shift), m.boundary)
@@ -109,8 +102,7 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str) -> G
     neg = _pick(row, "negative_prompt", s.negative_prompt)
     seed = row.get("seed")
     seed = derive_seed(s.seed, item_id) if seed in (None, "") else int(seed)
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed={seed}: must be between 0 and 2**63-1")
+    check_value("seed", seed)
     return GenerationRequest(
         id=item_id, prompt=str(prompt), negative_prompt=NATIVE_NEGATIVE_PROMPT if neg is None else str(neg),
         seed=seed, size=size, frame_num_requested=frames_req, frame_num=frames, steps=steps, shift=shift,
@@ -119,7 +111,7 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str) -> G
         warnings=tuple(warnings))
 
 
-def plan(req: GenerationRequest, boundary: float | None):
+def step_plan(req: GenerationRequest, boundary: float | None):
     """(scheduler-independent) per-step experts and CFG flags for a request."""
     experts = expert_plan(timesteps_for(req.solver, req.steps, req.shift), boundary)
     return experts, cfg_plan(experts, req.guidance(), req.cfg_truncate_steps, req.cfg_truncate_high_noise_steps)

@@ -20,12 +20,13 @@ def parse_size(value: str, field: str = "size") -> tuple[int, int]:
     return w, h
 
 
-def check_size(spec: ModelSpec, size: tuple[int, int], field: str = "size") -> None:
+def check_size(spec: ModelSpec, size: tuple[int, int], field: str = "size", sizes=()) -> None:
+    """`sizes`: the model's official W*H list (conf/model/<name>.yaml `sizes`); empty = any size the VAE stride and
+    patch allow."""
     w, h = size
-    if spec.sizes:
-        if f"{w}*{h}" not in spec.sizes:
-            raise ValueError(f"{field}={w}*{h}: not a size {spec.name} supports; valid sizes: "
-                             f"{', '.join(spec.sizes)}")
+    if sizes:
+        if f"{w}*{h}" not in sizes:
+            raise ValueError(f"{field}={w}*{h}: not a size {spec.name} supports; valid sizes: {', '.join(sizes)}")
         return
     m = spec.size_multiple
     if w % m or h % m:
@@ -82,4 +83,6 @@ def i2v_latent_hw(img_h: int, img_w: int, max_area: int, spec: ModelSpec) -> tup
 
 def token_count(spec: ModelSpec, frame_num: int, width: int, height: int) -> int:
     t = latent_frames(frame_num, spec)
-    return t * (height // spec.vae_stride[1] // spec.patch_size[1]) * (width // spec.vae_stride[2] // spec.patch_size[2])
+    h = height // spec.vae_stride[1] // spec.patch_size[1]
+    w = width // spec.vae_stride[2] // spec.patch_size[2]
+    return t * h * w

@@ -36,8 +36,8 @@ def encode_prompt(tokenizer, encoder, prompt: str, device, text_len: int = TEXT_
     return out[0, :seq_len]                 # [L, D]
 
 
-def pad_context(context: torch.Tensor, text_len: int = TEXT_LEN) -> torch.Tensor:
+def pad_embeds(embeds: torch.Tensor, text_len: int = TEXT_LEN) -> torch.Tensor:
     """[L, D] -> [1, text_len, D], zero rows after the real tokens (the native DiT pads the same way)."""
-    out = context.new_zeros(1, text_len, context.shape[-1])
-    out[0, : context.shape[0]] = context
+    out = embeds.new_zeros(1, text_len, embeds.shape[-1])
+    out[0, : embeds.shape[0]] = embeds
     return out

@@ -40,13 +40,18 @@ def _scrub_str(s: str, secrets: list[str]) -> str:
     return s
 
 
-def redact(obj, environ=None, _secrets=None):
-    """A copy of `obj` (JSON-like) with secrets replaced by ***REDACTED***."""
+def redact(obj, environ=None, _secrets=None, keep: tuple = ()):
+    """A copy of `obj` (JSON-like) with secrets replaced by ***REDACTED***.
+
+    `keep`: top-level keys whose values are data and pass unchanged (an item's id: an id that happens to look like a
+    token is what the user named the item, and resume must recognise it)."""
     secrets = secret_env_values(environ) if _secrets is None else _secrets
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if is_secret_key(k) and v not in (None, "", False):
+            if k in keep:
+                out[k] = v
+            elif is_secret_key(k) and v not in (None, "", False):
                 out[k] = REDACTED
             else:
                 out[k] = redact(v, _secrets=secrets)

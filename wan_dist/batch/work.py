@@ -1,0 +1,125 @@
+"""Work sources: which manifest rows a replica runs, in which order.
+
+Every rank of a replica calls `next()` in lock-step and gets the same item (static and array shares are pure
+functions of the row index; a leased queue decides on the replica's writer and shares it over the replica). The batch
+runner claims each candidate before it runs it (batch/claims.py), so a row another live writer holds is left to
+it, whatever the source.
+
+    static  row i goes to replica i % dp (one torchrun job)
+    array   task k of K in a Slurm array, dp replicas per task: global replica g = k*dp + dp_rank of K*dp, and row i
+            goes to g = i % (K*dp). Deterministic: every task computes the same split from the same manifest
+    queue   every row, each replica starting at its own offset and wrapping around; a row is taken by whichever
+            replica claims it first, so fast replicas take more rows (a lease = a claim; ack = the ledger line)
+Ray gangs bring their own source (a lease from the driver's dispenser) with the same interface.
+"""
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from .manifest import Item
+
+
+class WorkSource(Protocol):
+    name: str
+
+    def start(self, items: list[Item], ctx) -> None: ...
+
+    def next(self) -> Item | None: ...
+
+    def done(self, item: Item, outcome: str) -> None: ...   # ok | failed | skipped | held | stopped
+
+    def describe(self) -> dict: ...
+
+
+class _ListSource:
+    """A fixed, ordered list of candidates per replica."""
+    name = "list"
+
+    def __init__(self):
+        self._todo: list[Item] = []
+        self._pos = 0
+
+    def select(self, items: list[Item], ctx) -> list[Item]:
+        raise NotImplementedError
+
+    def start(self, items: list[Item], ctx) -> None:
+        self._todo, self._pos = self.select(items, ctx), 0
+
+    def next(self) -> Item | None:
+        if self._pos >= len(self._todo):
+            return None
+        self._pos += 1
+        return self._todo[self._pos - 1]
+
+    def done(self, item: Item, outcome: str) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"source": self.name, "candidates": len(self._todo)}
+
+
+class StaticShare(_ListSource):
+    name = "static"
+
+    def select(self, items, ctx):
+        return [it for it in items if it.index % ctx.dp_size == ctx.dp_rank]
+
+
+class ArrayShare(_ListSource):
+    name = "array"
+
+    def __init__(self, task: int, tasks: int):
+        super().__init__()
+        if tasks < 1 or not 0 <= task < tasks:
+            raise ValueError(f"work.array_task={task}, work.array_tasks={tasks}: need 0 <= task < tasks")
+        self.task, self.tasks = task, tasks
+
+    def select(self, items, ctx):
+        n = self.tasks * ctx.dp_size
+        g = self.task * ctx.dp_size + ctx.dp_rank
+        return [it for it in items if it.index % n == g]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "array_task": self.task, "array_tasks": self.tasks}
+
+
+class ClaimQueue(_ListSource):
+    """All rows, replica r starting at its own offset: the claims decide who takes which row."""
+    name = "queue"
+
+    def select(self, items, ctx):
+        if not items:
+            return []
+        k = (ctx.dp_rank * len(items)) // max(1, ctx.dp_size)
+        return items[k:] + items[:k]
+
+
+def array_position_from_env(environ=None) -> tuple[int, int]:
+    """(task k, task count K) of this Slurm array task: k = (SLURM_ARRAY_TASK_ID - MIN) / STEP."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        raise ValueError("work.source=array: work.array_task / work.array_tasks are null and this is not a Slurm "
+                         "array task (SLURM_ARRAY_TASK_ID is not set); give both, e.g. work.array_task=0 "
+                         "work.array_tasks=4")
+    tid = int(env["SLURM_ARRAY_TASK_ID"])
+    lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    step = int(env.get("SLURM_ARRAY_TASK_STEP", 1)) or 1
+    count = int(env.get("SLURM_ARRAY_TASK_COUNT", (int(env.get("SLURM_ARRAY_TASK_MAX", tid)) - lo) // step + 1))
+    return (tid - lo) // step, count
+
+
+def make_source(work_cfg, environ=None) -> WorkSource:
+    """The work source a config asks for (config group `work`)."""
+    if work_cfg.source == "static":
+        return StaticShare()
+    if work_cfg.source == "queue":
+        return ClaimQueue()
+    if work_cfg.source == "array":
+        task, tasks = work_cfg.array_task, work_cfg.array_tasks
+        if task is None or tasks is None:
+            env_task, env_tasks = array_position_from_env(environ)
+            task = env_task if task is None else task
+            tasks = env_tasks if tasks is None else tasks
+        return ArrayShare(task, tasks)
+    raise ValueError(f"work.source={work_cfg.source!r}: must be one of static, array, queue")

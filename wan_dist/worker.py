@@ -1,0 +1,169 @@
+"""The orchestrator: one run of wan-dist, whatever started it (torchrun, a Slurm task, a Ray gang, the UI).
+
+    run(cfg, ctx, work) -> ExitCode      config + run context + work source in, an exit code out
+    main(cfg) -> ExitCode                the torchrun / single-process path: layout check, process group, run
+
+Order matters (DESIGN §4-5): the config, the parallel layout, every manifest row and the checkpoint files are all
+validated before any model weight is read, and a user error (ValueError naming field, value and rule) ends the run
+with ExitCode.USAGE and nothing written. Then: models loaded once (sharded while loading when FSDP asks for it),
+parallelized, the generator built, the batch runner run over the work source's rows, the outcome agreed by every rank.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from . import config as config_mod
+from .batch.manifest import load_items, single_prompt_items
+from .batch.outputs import OutputDir
+from .batch.preempt import StopFlag
+from .batch.runner import BatchRunner, Summary
+from .batch.work import WorkSource, make_source
+from .distributed.context import RunContext, env_world
+from .distributed.layout import check_items, check_layout
+from .distributed.mesh import open_context
+from .distributed.parallelize import dit_shard_fn, parallelize
+from .exit_codes import ExitCode, worst
+from .models import checkpoint
+from .models.device import placement, resolve_device
+from .models.loading import load_models
+from .models.registry import get_model
+from .observability.figures import reduce_load
+from .observability.logs import setup_logging
+from .observability.progress import Progress
+from .observability.run_info import versions
+from .observability.sinks import make_sink
+from .pipeline.generator import WanGenerator
+
+log = logging.getLogger("wan_dist")
+
+
+@dataclass
+class Engine:
+    """Loaded, parallelized models and the generator over them: what a run needs beyond its rows."""
+    generator: WanGenerator
+    parallel: object            # distributed.parallelize.Parallelized
+    model_load_s: float
+    load_seconds: dict
+    checkpoint_dtype: dict
+    placement: object
+
+
+def user_error(ctx: RunContext, e: ValueError) -> ExitCode:
+    """One clear message, once (rank 0), no traceback; nothing was written."""
+    if ctx.is_main:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+    return ExitCode.USAGE
+
+
+def validate_inputs(cfg, ctx: RunContext, layout=None) -> list:
+    """Every row (once, on rank 0, shared with the others) and the checkpoint files: ValueError on any problem."""
+    spec = get_model(cfg.model.name)
+    items = ctx.share_from_main(lambda: load_items(cfg.manifest, cfg, spec) if cfg.manifest
+                                else single_prompt_items(cfg, spec))
+    if layout is not None and layout.sp > 1:
+        check_items([it.request for it in items], spec, layout, cfg.model.sizes)
+    ctx.share_from_main(lambda: checkpoint.check(cfg.ckpt_dir, spec).ckpt_format)
+    return items
+
+
+def build_engine(cfg, ctx: RunContext) -> Engine:
+    spec = get_model(cfg.model.name)
+    place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
+                      t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
+    fmt = checkpoint.detect_format(cfg.ckpt_dir)
+    t0 = time.perf_counter()
+    models = load_models(spec, cfg.ckpt_dir, place, ckpt_format=fmt, shard_dit=dit_shard_fn(ctx.mesh))
+    par = parallelize(models, ctx.mesh, vae_parallel=cfg.parallel.vae_parallel)
+    load_s, load_seconds = reduce_load(ctx, time.perf_counter() - t0, models.stats.seconds)  # replica max
+    gen = WanGenerator(models, place, boundary=cfg.model.boundary, guidance_exec=par.guidance, decode_fn=par.decode)
+    return Engine(gen, par, load_s, load_seconds, models.stats.checkpoint_dtype, place)
+
+
+def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, layout=None,
+        stop: StopFlag | None = None) -> ExitCode:
+    """One run over `work`'s rows on this process's place in the run (`ctx`); every rank of the run calls it.
+    `stop`: the process's stop flag (entry.py installs one for the whole process, so a signal that arrives during
+    start-up or teardown is never fatal); a private one is installed for the run when none is given."""
+    ctx = ctx or RunContext()
+    work = work or make_source(cfg.work)
+    stop = (stop or StopFlag()).install()  # a stop signal during validation or loading ends at the first safe point
+    try:
+        return _run(cfg, ctx, work, stop, layout)
+    finally:
+        stop.restore()
+
+
+def _run(cfg, ctx, work, stop, layout) -> ExitCode:
+    try:
+        items = validate_inputs(cfg, ctx, layout)
+        out = OutputDir(cfg.out_dir, claim_timeout_s=cfg.batch.claim_timeout_s)
+        if ctx.is_main:
+            out.prepare()
+    except ValueError as e:
+        return user_error(ctx, e)
+    run_id = ctx.share_from_main(lambda: out.writer)          # the main rank's writer names the run
+    if ctx.is_main:
+        out.write_config({"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
+                          "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
+                          "run_id": run_id})
+    engine = build_engine(cfg, ctx)
+    spec = get_model(cfg.model.name)
+    progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
+    engine.generator.on_step = progress.step
+    sink = make_sink(cfg, out.root, is_logger=ctx.is_main, run_id=run_id)
+    sink.log_config(config_mod.to_dict(cfg))
+    run_info = {"run_id": run_id, "model_load_s": round(engine.model_load_s, 6), "load_seconds": engine.load_seconds,
+                "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
+                "ckpt_dir": str(cfg.ckpt_dir)}
+    layout_info = {**ctx.describe(), **engine.parallel.describe()}
+    runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
+                         model_load_s=engine.model_load_s, run_info=run_info, layout=layout_info, sink=sink,
+                         progress=progress, stop=stop)
+    if ctx.is_main:
+        log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest, work source %s", spec.name,
+                 engine.model_load_s, run_info["dtype"], run_info["device"], len(items), work.name)
+    summary = runner.run(items)
+    ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
+    total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
+    code = outcome(total)
+    if ctx.is_main:
+        out.ledger.write_merged_view()
+        sink.log_summary({"done": total.done, "skipped": total.skipped, "failed": total.failed,
+                          "model_load_s": engine.model_load_s})
+        log.info("summary: %s", total.line())
+        log.info("outputs: %s (videos/, results.jsonl)", out.root)
+    sink.close()
+    out.drop_partial()
+    return code
+
+
+def outcome(s: Summary) -> ExitCode:
+    if s.aborted:
+        return ExitCode.IOERR
+    if s.preempted:
+        return ExitCode.TEMPFAIL
+    return ExitCode.ITEMS_FAILED if (s.failed or s.lost) else ExitCode.OK
+
+
+def main(cfg, stop: StopFlag | None = None) -> ExitCode:
+    """The torchrun (or plain single-process) path: every rank calls it with the same composed config."""
+    rank, world, local_rank = env_world()
+    setup_logging(rank)
+    try:
+        lay = check_layout(cfg, world)     # ValueError before any process group exists
+        device = resolve_device(cfg.device, local_rank)
+    except ValueError as e:
+        return user_error(RunContext(rank=rank), e)
+    with open_context(lay, device, cfg.parallel.backend, local_rank) as ctx:
+        try:
+            digest = config_mod.config_digest(cfg)
+            if ctx.world_any(ctx.share_from_main(lambda: digest) != digest):
+                raise ValueError(f"config: a rank composed a different config than rank 0 (sha {digest[:12]} on "
+                                 f"rank {ctx.rank}); every rank must get the same argv and files")
+            work = make_source(cfg.work)
+        except ValueError as e:
+            return user_error(ctx, e)
+        return worst(ctx.gather(int(run(cfg, ctx, work, layout=lay, stop=stop))))

@@ -70,6 +70,7 @@ class ModelSpec:
     default_size: str
     image: str                       # "none" | "optional" (ti2v: image switches to i2v mode) | "required"
     tiny: bool = False
+    repo: str | None = None          # hub repo id, the same OWNER/NAME on Hugging Face and ModelScope; None for tiny
     dit_shards: int = 2              # how many safetensors shards the tiny writer produces
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -126,19 +127,20 @@ def _tiny(name, family, model_type, in_dim, out_dim, **kw):
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
     _real("t2v-1.3B", "t2v", _dit("t2v", 1536, 8960, 12, 30, 16, 16), experts=(), sample_steps=50,
           sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None, fps=16, frame_num=81,
-          sizes=("480*832", "832*480"), default_size="832*480", image="none"),
+          sizes=("480*832", "832*480"), default_size="832*480", image="none", repo="Wan-AI/Wan2.1-T2V-1.3B"),
     _real("t2v-14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=(), sample_steps=50,
           sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None, fps=16, frame_num=81, sizes=SIZES_21_14B,
-          default_size="1280*720", image="none"),
+          default_size="1280*720", image="none", repo="Wan-AI/Wan2.1-T2V-14B"),
     _real("ti2v-5B", "ti2v", _dit("ti2v", 3072, 14336, 24, 30, 48, 48), experts=(), vae_version="2.2",
           sample_steps=50, sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None, fps=24, frame_num=121,
-          sizes=("1280*704", "704*1280"), default_size="1280*704", image="optional"),
+          sizes=("1280*704", "704*1280"), default_size="1280*704", image="optional",
+          repo="Wan-AI/Wan2.2-TI2V-5B"),
     _real("t2v-A14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=EXPERT_DIRS, sample_steps=40,
           sample_shift=12.0, guide_scale=(3.0, 4.0), boundary=0.875, fps=16, frame_num=81, sizes=SIZES_21_14B,
-          default_size="1280*720", image="none"),
+          default_size="1280*720", image="none", repo="Wan-AI/Wan2.2-T2V-A14B"),
     _real("i2v-A14B", "i2v", _dit("i2v", 5120, 13824, 40, 40, 36, 16), experts=EXPERT_DIRS, sample_steps=40,
           sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900, fps=16, frame_num=81, sizes=SIZES_21_14B,
-          default_size="1280*720", image="required",
+          default_size="1280*720", image="required", repo="Wan-AI/Wan2.2-I2V-A14B",
           notes="size is a maximum area; the output keeps the image's aspect ratio"),
     _tiny("tiny-t2v", "t2v", "t2v", 16, 16, experts=(), sample_steps=8, sample_shift=5.0, guide_scale=(5.0, 5.0),
           boundary=None, fps=16, frame_num=17, default_size="64*64", image="none"),

@@ -27,7 +27,8 @@ ALLOWED = {
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch"},
     "supervise": {"outcome", "exit_codes"},
-    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes"},
+    "download": {"models", "observability", "files", "exit_codes"},
+    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download"},
 }
 NEVER_BELOW_BATCH = ("wan_dist.batch", "wan_dist.worker", "wan_dist.entry", "wan_dist.cli", "wan_dist.supervise",
                      "launch")

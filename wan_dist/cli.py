@@ -3,7 +3,8 @@ launch/run.py).
 
 Add a subcommand by writing `_add_x(parser)` + `_run_x(args) -> int` and registering them in `SUBCOMMANDS`.
 Exit codes: 0 success, 1 the checked thing is not usable, 2 usage errors (unknown model, bad arguments);
-`wan-dist torchrun` exits with the run's own code (README "Exit codes").
+`wan-dist torchrun` exits with the run's own code (README "Exit codes"); `download` adds 74 (disk/IO problems) and
+130 (stopped), see its --help.
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def _run_check(args) -> int:
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "tiny-checkpoint": ("write a tiny random-weight native checkpoint", _add_tiny, _run_tiny),
     "check-checkpoint": ("validate a checkpoint directory before loading it", _add_check, _run_check),
+    "download": ("fetch exactly the files a model needs from Hugging Face or ModelScope (resumable, verified), "
+                 "then validate them",
+                 lambda p: __import__("wan_dist.download.cli", fromlist=["x"]).add_args(p),
+                 lambda a: __import__("wan_dist.download.cli", fromlist=["x"]).run_cli(a)),
     "report": ("timing tables (Markdown, CSV) and plots from a run's or sweep's sidecars into OUT_DIR/report/",
                lambda p: __import__("wan_dist.observability.report", fromlist=["x"]).add_args(p),
                lambda a: __import__("wan_dist.observability.report", fromlist=["x"]).run_cli(a)),

@@ -62,6 +62,7 @@ class ModelSpec:
     t5: dict                         # native T5 config
     image: str                       # "none" | "optional" (ti2v: image switches to i2v mode) | "required"
     tiny: bool = False
+    repo: str | None = None          # hub repo id, the same OWNER/NAME on Hugging Face and ModelScope; None for tiny
     dit_shards: int = 2              # how many safetensors shards the tiny writer produces
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -115,12 +116,16 @@ def _tiny(name, family, model_type, in_dim, out_dim, **kw):
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
-    _real("t2v-1.3B", "t2v", _dit("t2v", 1536, 8960, 12, 30, 16, 16), experts=(), image="none"),
-    _real("t2v-14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=(), image="none"),
+    _real("t2v-1.3B", "t2v", _dit("t2v", 1536, 8960, 12, 30, 16, 16), experts=(), image="none",
+          repo="Wan-AI/Wan2.1-T2V-1.3B"),
+    _real("t2v-14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=(), image="none",
+          repo="Wan-AI/Wan2.1-T2V-14B"),
     _real("ti2v-5B", "ti2v", _dit("ti2v", 3072, 14336, 24, 30, 48, 48), experts=(), vae_version="2.2",
-          image="optional"),
-    _real("t2v-A14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=EXPERT_DIRS, image="none"),
+          image="optional", repo="Wan-AI/Wan2.2-TI2V-5B"),
+    _real("t2v-A14B", "t2v", _dit("t2v", 5120, 13824, 40, 40, 16, 16), experts=EXPERT_DIRS, image="none",
+          repo="Wan-AI/Wan2.2-T2V-A14B"),
     _real("i2v-A14B", "i2v", _dit("i2v", 5120, 13824, 40, 40, 36, 16), experts=EXPERT_DIRS, image="required",
+          repo="Wan-AI/Wan2.2-I2V-A14B",
           notes="size is a maximum area; the output keeps the image's aspect ratio"),
     _tiny("tiny-t2v", "t2v", "t2v", 16, 16, experts=(), image="none"),
     _tiny("tiny-ti2v", "ti2v", "ti2v", 48, 48, experts=(), vae_version="2.2", image="optional"),

@@ -5,7 +5,7 @@
 # Exit codes:
 #   0  every package is installed (now or already)
 #   3  some are missing and cannot be installed here: no dpkg/apt-get, not root, or apt-get failed
-#      (no network, no repository). The one-line reason is on stderr, prefixed "apt unavailable:".
+#      (no network, no repository). The one-line reason is the last line on stderr, prefixed "apt unavailable:".
 # Other helpers may run apt at the same time: dpkg's lock is waited for (DPkg::Lock::Timeout), never broken.
 set -uo pipefail
 [ $# -gt 0 ] || { echo "usage: $0 PKG..." >&2; exit 2; }
@@ -49,8 +49,9 @@ if [ $ok = 0 ]; then
   fi
 fi
 if [ $ok = 0 ]; then
-  echo "apt unavailable: apt-get could not install ${missing[*]}: $(grep -E '^(E|Err):' "$log" | head -3 | tr '\n' ' ')" >&2
   tail -20 "$log" >&2
+  # the reason goes last: callers (tests/cluster/slurm.py) show the last stderr line as the skip reason
+  echo "apt unavailable: apt-get could not install ${missing[*]}: $(grep -E '^(E|Err):' "$log" | awk '!seen[$0]++' | head -3 | tr '\n' ' ')" >&2
   rm -f "$log"; exit 3
 fi
 rm -f "$log"

@@ -173,7 +173,7 @@ def start(timeout: float = 600) -> SlurmCluster:
     t0 = time.monotonic()
     p = subprocess.run(["bash", str(UP)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     if p.returncode == EXIT_UNAVAILABLE:
-        reason = next((ln for ln in p.stderr.splitlines() if ln.startswith("apt unavailable")), p.stderr.strip())
+        reason = (p.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise SlurmUnavailable(reason)
     if p.returncode != 0:
         raise RuntimeError(f"slurm_up.sh failed (rc {p.returncode}):\n{p.stderr}")

@@ -15,7 +15,8 @@
 # /dev/null and no other inherited fd, so `out=$(slurm_up.sh)` or a CI pipe returns as soon as this script ends.
 # Stop with slurm_down.sh (by PID files only).
 #
-# Exit codes: 0 up; 3 packages missing and apt unavailable (reason on stderr: the tests skip); 1 anything else.
+# Exit codes: 0 up; 3 packages missing and apt unavailable, or not root (reason: last stderr line; the tests skip);
+# 1 anything else.
 #
 # Knobs (environment):
 #   WAN_DIST_SLURM_DIR        state, spool, logs, PID files, config   (default /tmp/wan-dist-slurm)
@@ -44,7 +45,7 @@ elapsed() { echo "$(( ($(date +%s%N) - T0) / 1000000 )) ms"; }
 
 # ---- 1. packages (exit 3 = cannot install: the caller skips) ----------------------------------------------
 bash "$HERE/apt_install.sh" "${PKGS[@]}" || exit $?
-[ "$(id -u)" = 0 ] || { echo "apt unavailable: the test cluster must be started as root (uid $(id -u))" >&2; exit 3; }
+[ "$(id -u)" = 0 ] || { echo "cannot start: the test cluster runs its daemons as root; this is uid $(id -u)" >&2; exit 3; }
 
 # ---- helpers ------------------------------------------------------------------------------------------------
 alive() {   # PID COMM: the process exists, is not a zombie, and its comm matches (guards against PID reuse)

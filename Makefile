@@ -9,7 +9,13 @@ DEMO_CKPT := runs/demo-ckpt
 DEMO_OUT := runs/demo
 NPROC ?= 2
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean system-deps slurm-up slurm-down
+
+# Debian packages the system tests need (installed with --no-install-recommends, only when missing, only as root).
+# Slurm test cluster (tests/cluster/): tests marked `slurm`.
+SYSTEM_PKGS := slurmctld slurmd slurm-client munge
+# >>> UI issue: add the browser for the Gradio UI tests here, e.g.  SYSTEM_PKGS += chromium
+# <<<
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,13 +39,24 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Never fails: without root or apt it prints why, and the tests that need the packages skip with that reason.
+system-deps:
+	@bash tests/cluster/apt_install.sh $(SYSTEM_PKGS) \
+	  || echo "system-deps: not installed ($(SYSTEM_PKGS)); the tests that need them will skip with the reason"
+
 # the whole suite (slow multi-process groups included), after the lint
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q -ra
 
 # the quick loop while developing: everything but the tests marked slow
 test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# the Slurm test cluster by hand (pytest starts and stops it itself): `make slurm-up` prints the SLURM_CONF export
+slurm-up:
+	@bash tests/cluster/slurm_up.sh
+slurm-down:
+	@bash tests/cluster/slurm_down.sh
 
 clean:
 	rm -rf runs .pytest_cache

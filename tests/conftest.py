@@ -35,3 +35,27 @@ def test_image(tmp_path_factory):
 def pytest_configure(config):
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The private two-node Slurm cluster (tests/cluster/): up for the session, stopped at its end even on failure.
+
+    Skips (with the reason) only when the Debian packages are missing and cannot be installed (no apt, not root,
+    apt failed); with the packages present, a failing bring-up is an error. WAN_DIST_SLURM_KEEP=1 leaves it running.
+    """
+    from cluster import slurm
+    if os.geteuid() != 0:
+        pytest.skip(f"Slurm tests start slurmctld/slurmd/munged as root; this is uid {os.geteuid()} "
+                    "(CI runs as root: .ci/run)")
+    with slurm.SessionLock():
+        try:
+            try:
+                cluster = slurm.start()
+            except slurm.SlurmUnavailable as e:
+                pytest.skip(f"Slurm tests need the Debian packages slurmctld slurmd slurm-client munge: {e}")
+            print(f"\n[slurm] cluster up in {cluster.up_seconds:.1f} s: {cluster.nodes} partition {cluster.partition}")
+            yield cluster
+        finally:
+            if os.environ.get("WAN_DIST_SLURM_KEEP") != "1":
+                slurm.stop(lock_held=True)

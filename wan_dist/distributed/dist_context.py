@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 
 from .context import RunContext
-from .mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,8 @@ class DistContext(RunContext):
     run_key: str = "wan_dist/run/0/"
 
     @classmethod
-    def from_mesh(cls, m: Mesh, local_rank: int) -> "DistContext":
+    def from_mesh(cls, m, local_rank: int) -> "DistContext":
+        """`m`: the distributed.mesh.Mesh this rank belongs to (mesh.open_context builds it)."""
         lay = m.layout
         ctx = cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                   dp_rank=m.local_rank("dp"), dp_size=lay.dp, replica_rank=m.local_rank("replica"),

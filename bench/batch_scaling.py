@@ -33,7 +33,7 @@ def scaling(ckpt: Path, work: Path, n: int) -> dict:
     import psutil
 
     from wan_dist.config import compose
-    from wan_dist.distributed.launch import run_distributed_or_local
+    from wan_dist.worker import main as run_distributed_or_local
     from wan_dist.observability import progress as progress_mod
     proc = psutil.Process()
     marks, ends = {}, []

@@ -4,7 +4,7 @@
 
 Writes (once) a random-weight DiT in the *native* layout (t2v-1.3B widths, `--layers` blocks, fp32, >= 1 GB), then:
   whole:   one process, wan_dist.models.loading.load_dit (the single-device loader)
-  sharded: torchrun --nproc_per_node N, wan_dist.distributed.fsdp.load_dit_sharded on the replica mesh
+  sharded: torchrun --nproc_per_node N, the same load_dit with shard_dit = distributed.parallelize.dit_shard_fn(mesh)
 and prints per-rank peak RSS (VmHWM), the RSS before loading (imports + process group), and
 (peak - before) / model bytes. Figures are measured side by side in one invocation.
 """
@@ -59,9 +59,9 @@ def measure(mode: str, d: Path) -> None:
     if mode == "sharded":
         import torch.distributed as dist
 
-        from wan_dist.distributed.fsdp import load_dit_sharded
         from wan_dist.distributed.layout import Layout
         from wan_dist.distributed.mesh import build_mesh
+        from wan_dist.distributed.parallelize import dit_shard_fn
         dist.init_process_group("gloo")
         rank, n = dist.get_rank(), dist.get_world_size()
         m = build_mesh(Layout(dp=1, cfg=1, ring=1, ulysses=n, fsdp=True, t5_fsdp=False), torch.device("cpu"))
@@ -69,7 +69,7 @@ def measure(mode: str, d: Path) -> None:
     before = rss_kb("VmRSS")
     t0 = time.perf_counter()
     if mode == "sharded":
-        model = load_dit_sharded(spec, d, torch.float32, torch.device("cpu"), m.replica, LoadStats())
+        model = load_dit(spec, d, torch.float32, "cpu", LoadStats(), shard_dit=dit_shard_fn(m))
     else:
         model = load_dit(spec, d, torch.float32, "cpu", LoadStats())
     secs = time.perf_counter() - t0

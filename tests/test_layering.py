@@ -20,6 +20,7 @@ ALLOWED = {
     "outcome": set(),
     "models": {"files"},
     "config": {"models"},
+    "config_docs": {"config"},
     "observability": {"files", "models"},
     "pipeline": {"models", "observability", "config"},
     "distributed": {"models", "pipeline", "observability"},

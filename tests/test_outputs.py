@@ -247,3 +247,20 @@ def test_temp_area_of_a_dead_writer_is_removed_a_live_ones_kept(tmp_path):
 def test_frames_option_is_validated():
     with pytest.raises(ValueError, match="output.frames"):
         config_mod.compose([f"model={MODEL}", "prompt=x", "ckpt_dir=/x", "output.frames=jpg"])
+
+
+def test_decode_command_turns_saved_latents_into_the_same_frames(runs, ckpt, tmp_path):
+    """`wan-dist decode LATENTS --ckpt-dir D --out x.mp4` needs nothing but the checkpoint and the latents file, and
+    gives the run's own frames (lossless both ways)."""
+    from wan_dist.batch.redecode import decode_latents
+    from wan_dist.cli import main
+    videos = runs["exact"] / "videos"
+    lat = sorted(videos.glob("*.latents.safetensors"))[0]
+    item = lat.name.split(".latents")[0]
+    frames, meta = decode_latents(lat, ckpt)
+    np.testing.assert_array_equal(frames, read_mp4(videos / f"{item}.mp4"))
+    out = tmp_path / "again.mp4"
+    assert main(["decode", str(lat), "--ckpt-dir", str(ckpt), "--out", str(out), "--lossless"]) == 0
+    np.testing.assert_array_equal(read_mp4(out), frames)
+    assert main(["decode", str(lat), "--ckpt-dir", str(tmp_path), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert not (tmp_path / "x.mp4").exists()

@@ -68,6 +68,9 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "report": ("timing tables (Markdown, CSV) and plots from a run's or sweep's sidecars into OUT_DIR/report/",
                lambda p: __import__("wan_dist.observability.report", fromlist=["x"]).add_args(p),
                lambda a: __import__("wan_dist.observability.report", fromlist=["x"]).run_cli(a)),
+    "decode": ("saved latents (output.save_latents=true) back into an mp4, with the checkpoint's VAE",
+               lambda p: __import__("wan_dist.batch.redecode", fromlist=["x"]).add_args(p),
+               lambda a: __import__("wan_dist.batch.redecode", fromlist=["x"]).run_cli(a)),
 }
 
 

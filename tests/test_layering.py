@@ -30,6 +30,9 @@ ALLOWED = {
     "supervise": {"outcome", "exit_codes"},
     "download": {"models", "observability", "files", "exit_codes"},
     "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download"},
+    # the Gradio app (launch/app.py): a launcher over the worker core
+    "ui": {"config", "models", "observability", "pipeline", "distributed", "batch", "worker", "files", "outcome",
+           "exit_codes"},
 }
 NEVER_BELOW_BATCH = ("wan_dist.batch", "wan_dist.worker", "wan_dist.entry", "wan_dist.cli", "wan_dist.supervise",
                      "launch")

@@ -18,6 +18,7 @@ WORK_SOURCES = ("static", "array", "queue")
 LOGGERS = ("none", "wandb")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
+UI_LANGS = ("zh", "en")
 
 
 def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
@@ -112,6 +113,15 @@ class WorkConfig:
 
 
 @dataclass(frozen=True)
+class UIConfig:
+    """The Gradio app (launch/app.py); ignored by the batch launchers."""
+    lang: str = _doc("language of the UI's labels and help: zh or en", "zh")
+    host: str = _doc("address the UI listens on; 127.0.0.1 = this machine only (anything else is reachable from "
+                     "the network, without authentication: a warning is logged)", "127.0.0.1")
+    port: int = _doc("TCP port of the UI; 0 = a free port chosen by the OS (printed at start)", 7860)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = _doc("the task and its native defaults", default_factory=ModelConfig)
     sample: SampleConfig = _doc("sampling overrides", default_factory=SampleConfig)
@@ -120,6 +130,7 @@ class RunConfig:
     output: OutputConfig = _doc("extra outputs", default_factory=OutputConfig)
     batch: BatchConfig = _doc("batch behaviour", default_factory=BatchConfig)
     work: WorkConfig = _doc("work distribution", default_factory=WorkConfig)
+    ui: UIConfig = _doc("the Gradio app (launch/app.py)", default_factory=UIConfig)
     ckpt_dir: Optional[str] = _doc("checkpoint directory (native layout or *-Diffusers)", None)
     out_dir: str = _doc("output directory", "runs/default")
     manifest: Optional[str] = _doc("CSV or JSONL prompt manifest", None)
@@ -187,12 +198,13 @@ def _build(cls, data: dict, prefix: str):
     return cls(**kwargs)
 
 
-def from_dict(data: dict) -> RunConfig:
-    """Composed (plain) config -> RunConfig; unknown keys and wrong types raise ValueError."""
+def from_dict(data: dict, rows: bool = True) -> RunConfig:
+    """Composed (plain) config -> RunConfig; unknown keys and wrong types raise ValueError. `rows=False`: the rows
+    come from elsewhere (the UI's form), so neither a manifest nor a prompt is required."""
     data = dict(data)
     data.pop("hydra", None)
     cfg = _build(RunConfig, data, "")
-    validate(cfg)
+    validate(cfg, rows=rows)
     return cfg
 
 
@@ -252,9 +264,10 @@ def check_value(name: str, value, field: str | None = None) -> None:
         VALUE_RULES[name](field or name, value)
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, rows: bool = True) -> None:
     """Single-field and cross-field rules that need no model files and no world size (the parallel layout against
-    the world size: distributed.layout.check_layout, called by the worker before any process group exists)."""
+    the world size: distributed.layout.check_layout, called by the worker before any process group exists).
+    `rows=False` skips the rules on where the rows come from (manifest / prompt / image): the UI makes its own."""
     from .models.registry import get_model
     spec = get_model(cfg.model.name)
     _choice("logger.kind", cfg.logger.kind, LOGGERS)
@@ -277,12 +290,13 @@ def validate(cfg: RunConfig) -> None:
                          f"{'needs' if spec.is_moe else 'has no experts, so takes no'} boundary")
     if cfg.model.boundary is not None and not 0 < cfg.model.boundary < 1:
         raise ValueError(f"model.boundary={cfg.model.boundary}: must be between 0 and 1")
-    if cfg.manifest is None and cfg.prompt is None:
-        raise ValueError("manifest=null, prompt=null: give a manifest file (manifest=prompts.csv) or prompt=\"...\"")
-    if cfg.manifest is not None and cfg.prompt is not None:
-        raise ValueError(f"manifest={cfg.manifest!r}, prompt={cfg.prompt!r}: give one of manifest or prompt, not both")
-    if cfg.image is not None and cfg.prompt is None:
-        raise ValueError(f"image={cfg.image!r}: only with prompt=...; manifests give images per row (column image)")
+    if rows:
+        _check_rows_source(cfg)
+    _choice("ui.lang", cfg.ui.lang, UI_LANGS)
+    if not 0 <= cfg.ui.port <= 65535:
+        raise ValueError(f"ui.port={cfg.ui.port}: must be between 0 and 65535 (0 = a free port chosen by the OS)")
+    if not cfg.ui.host.strip():
+        raise ValueError(f"ui.host={cfg.ui.host!r}: must be an address or host name, e.g. 127.0.0.1")
     if cfg.ckpt_dir is None:
         raise ValueError("ckpt_dir=null: the checkpoint directory is required (ckpt_dir=/path/to/Wan2.x-...)")
     if not cfg.batch.claim_timeout_s > 0:
@@ -299,6 +313,15 @@ def validate(cfg: RunConfig) -> None:
     if spec.num_heads % p.ulysses:
         raise ValueError(f"parallel.ulysses={p.ulysses}: must divide the head count of {spec.name} "
                          f"({spec.num_heads})")
+
+
+def _check_rows_source(cfg: RunConfig) -> None:
+    if cfg.manifest is None and cfg.prompt is None:
+        raise ValueError("manifest=null, prompt=null: give a manifest file (manifest=prompts.csv) or prompt=\"...\"")
+    if cfg.manifest is not None and cfg.prompt is not None:
+        raise ValueError(f"manifest={cfg.manifest!r}, prompt={cfg.prompt!r}: give one of manifest or prompt, not both")
+    if cfg.image is not None and cfg.prompt is None:
+        raise ValueError(f"image={cfg.image!r}: only with prompt=...; manifests give images per row (column image)")
 
 
 def config_digest(cfg) -> str:
@@ -368,6 +391,11 @@ def register_configs() -> None:
 
 def compose(overrides: list[str], config_dir: str | Path | None = None) -> RunConfig:
     """Compose conf/config.yaml with Hydra's Compose API (tests, tools); Hydra errors become ValueError."""
+    return from_dict(compose_data(overrides, config_dir))
+
+
+def compose_data(overrides: list[str], config_dir: str | Path | None = None) -> dict:
+    """The composed config as a plain dict (overrides checked first), before the schema and its rules."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -379,4 +407,4 @@ def compose(overrides: list[str], config_dir: str | Path | None = None) -> RunCo
             dc = hydra_compose("config", overrides=list(overrides))
     except HydraException as e:
         raise ValueError(f"config overrides {overrides}: {e}") from None
-    return from_dict(OmegaConf.to_container(dc, resolve=True))
+    return OmegaConf.to_container(dc, resolve=True)

@@ -26,10 +26,10 @@ ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class ManifestError(ValueError):
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], where: str = "the manifest"):
         self.problems = problems
         n = len(problems)
-        super().__init__(f"{n} problem{'s' if n > 1 else ''} in the manifest (nothing was run):\n  "
+        super().__init__(f"{n} problem{'s' if n > 1 else ''} in {where} (nothing was run):\n  "
                          + "\n  ".join(problems))
 
 
@@ -143,24 +143,11 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
         raise ManifestError([f"{path}: no rows (needs a header with at least 'prompt' and one row)"])
     for index, (line, raw) in enumerate(rows):
         where = f"{path}:{line}"
-        unknown = sorted(set(raw) - set(COLUMNS), key=str)
-        for col in unknown:
-            problems.append(f"{where} {col}={raw[col]!r}: unknown column; known: {', '.join(COLUMNS)}")
-        if unknown:
-            continue
-        row, bad = {}, False
-        for col, typ in COLUMNS.items():
-            try:
-                row[col] = _typed(col, raw.get(col), typ)
-            except ValueError as e:
-                problems.append(f"{where} {e}")
-                bad = True
+        row, bad = typed_row(raw)
         if bad:
+            problems += [f"{where} {p}" for p in bad]
             continue
-        prompt = row.get("prompt")
-        if prompt is None or not prompt.strip():
-            problems.append(f"{where} prompt={prompt!r}: must be a non-empty string")
-            continue
+        prompt = row["prompt"]
         if row.get("id") is None:
             item_id = base = derive_id(index, prompt, row)
             k = 1
@@ -178,24 +165,54 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
             problems.append(f"{where} id={item_id!r}: duplicate id (first on line {seen[item_id]})")
             continue
         seen[item_id] = line
-        if row.get("image"):
-            if spec.image == "none":
-                problems.append(f"{where} image={row['image']!r}: {spec.name} is text-to-video and takes no image")
-                continue
-            img_path = (path.parent / row["image"]).resolve()
-            try:
-                check_image(img_path, row["image"])
-            except ValueError as e:
-                problems.append(f"{where} {e}")
-                continue
-            row["image"] = str(img_path)
         try:
+            resolve_image(row, spec, path.parent)
             items.append(Item(index, line, build_request(cfg, spec, row, item_id)))
         except ValueError as e:
             problems.append(f"{where} {e}")
     if problems:
         raise ManifestError(problems)
     return items
+
+
+def typed_row(raw: dict) -> tuple[dict, list[str]]:
+    """A row's given columns typed (COLUMNS), and its problems: unknown columns, bad values, no prompt."""
+    unknown = sorted(set(raw) - set(COLUMNS), key=str)
+    if unknown:
+        return {}, [f"{col}={raw[col]!r}: unknown column; known: {', '.join(COLUMNS)}" for col in unknown]
+    row, bad = {}, []
+    for col, typ in COLUMNS.items():
+        try:
+            row[col] = _typed(col, raw.get(col), typ)
+        except ValueError as e:
+            bad.append(str(e))
+    if not bad and (row.get("prompt") is None or not row["prompt"].strip()):
+        bad.append(f"prompt={row.get('prompt')!r}: must be a non-empty string")
+    return row, bad
+
+
+def resolve_image(row: dict, spec: ModelSpec, base: Path) -> None:
+    """row["image"] (relative to `base`) checked and made absolute; ValueError for a text-only model or a bad file."""
+    if not row.get("image"):
+        return
+    if spec.image == "none":
+        raise ValueError(f"image={row['image']!r}: {spec.name} is text-to-video and takes no image")
+    img_path = (base / row["image"]).resolve()
+    check_image(img_path, row["image"])
+    row["image"] = str(img_path)
+
+
+def form_item(raw: dict, cfg: RunConfig, spec: ModelSpec, item_id: str, base: Path) -> Item:
+    """One row given directly (the UI's form) instead of read from a file: the same checks, the same messages as a
+    manifest row, every problem of the row raised together (ManifestError naming 'the request')."""
+    row, problems = typed_row(raw)
+    if not problems:
+        try:
+            resolve_image(row, spec, base)
+            return Item(0, 0, build_request(cfg, spec, row, item_id))
+        except ValueError as e:
+            problems.append(str(e))
+    raise ManifestError(problems, where="the request")
 
 
 def single_prompt_items(cfg: RunConfig, spec: ModelSpec) -> list[Item]:

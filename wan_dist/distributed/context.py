@@ -45,6 +45,16 @@ class RunContext:
         """The replica writer's `obj`, on every rank of the replica (e.g. what its claim decided)."""
         return obj
 
+    def replica_post(self, seq: int, obj) -> None:
+        """The replica writer hands `obj` (message number `seq`) to the other ranks of its replica without waiting
+        for them (the UI's requests: a replica can sit idle for hours between two, longer than any collective's
+        timeout, so the others wait in `replica_take`, not in a collective)."""
+
+    def replica_take(self, seq: int, idle=None):
+        """The writer's message `seq`, on the other ranks of the replica; waits for it without a deadline, calling
+        `idle()` about once a second while it waits."""
+        raise RuntimeError("replica_take: a single-process run has no writer to wait for")
+
     # -- across the world ----------------------------------------------------------------------------------------
     def share_from_main(self, fn):
         """fn() computed once, on rank 0 of the world, and its value (or its ValueError) on every rank."""

@@ -10,6 +10,7 @@ tensors).
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -66,6 +67,26 @@ class DistContext(RunContext):
         box = [obj if self.replica_rank == 0 else None]
         dist.broadcast_object_list(box, group=self.mesh.group("replica"), group_src=0)  # axis: replica
         return box[0]
+
+    def _post_key(self, seq: int) -> str:
+        return f"{self.run_key}post/{self.dp_rank}/{seq}"
+
+    def replica_post(self, seq: int, obj) -> None:
+        # through the store, not a collective: the takers may wait longer than the process group's timeout
+        if self.replica_size > 1:
+            self.store.set(self._post_key(seq), pickle.dumps(obj))
+            if seq > 0:   # every taker has read seq-1: it took part in the work seq-1 asked for (collectives)
+                self.store.delete_key(self._post_key(seq - 1))
+
+    def replica_take(self, seq: int, idle=None):
+        key = self._post_key(seq)
+        while True:
+            try:
+                self.store.wait([key], timedelta(seconds=1))
+                return pickle.loads(self.store.get(key))
+            except (dist.DistStoreError, RuntimeError):
+                if idle is not None:
+                    idle()
 
     # -- world --------------------------------------------------------------------------------------------------
     def share_from_main(self, fn):

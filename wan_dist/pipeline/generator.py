@@ -59,6 +59,16 @@ class WanGenerator:
                 model.to("cpu")
         self.m.dits[expert].to(self.device)
 
+    def set_placement(self, place) -> None:
+        """Between two videos, a new offload_model / t5_cpu choice (the UI's advanced group): the models move to
+        where `place` keeps them. Device and dtypes stay; a single-device run only (sharded models do not move)."""
+        if place.t5_device != self.t5_device:
+            self._text_cache.clear()       # embeddings made on the other device may differ in the last bits
+        self.offload, self.t5_device = place.offload_model, place.t5_device
+        for model in self.m.dits.values():
+            model.to(place.dit_load_device)
+        self.m.text_encoder.to(place.t5_load_device)
+
     def _encode(self, text: str) -> torch.Tensor:
         if text in self._text_cache:
             self._text_cache.move_to_end(text)

@@ -14,8 +14,8 @@ NPROC ?= 2
 # Debian packages the system tests need (installed with --no-install-recommends, only when missing, only as root).
 # Slurm test cluster (tests/cluster/): tests marked `slurm`.
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
-# >>> UI issue: add the browser for the Gradio UI tests here, e.g.  SYSTEM_PKGS += chromium
-# <<<
+# Gradio UI tests (tests/test_ui_browser.py): headless Chromium, driven by Playwright through /usr/lib/chromium/chromium
+SYSTEM_PKGS += chromium
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

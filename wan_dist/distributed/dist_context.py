@@ -78,15 +78,16 @@ class DistContext(RunContext):
             if seq > 0:   # every taker has read seq-1: it took part in the work seq-1 asked for (collectives)
                 self.store.delete_key(self._post_key(seq - 1))
 
-    def replica_take(self, seq: int, idle=None):
+    def replica_take(self, seq: int, idle=None, poll_s: float = 0.2):
         key = self._post_key(seq)
-        while True:
-            try:
-                self.store.wait([key], timedelta(seconds=1))
-                return pickle.loads(self.store.get(key))
-            except (dist.DistStoreError, RuntimeError):
-                if idle is not None:
-                    idle()
+        last_idle = time.monotonic()
+        # check + sleep, not store.wait with a timeout: each timed-out wait logs a c10d warning (hours of idling)
+        while not self.store.check([key]):
+            time.sleep(poll_s)
+            if idle is not None and time.monotonic() - last_idle >= 1.0:
+                idle()
+                last_idle = time.monotonic()
+        return pickle.loads(self.store.get(key))
 
     # -- world --------------------------------------------------------------------------------------------------
     def share_from_main(self, fn):

@@ -14,8 +14,9 @@ NPROC ?= 2
 # Debian packages the system tests need (installed with --no-install-recommends, only when missing, only as root).
 # Slurm test cluster (tests/cluster/): tests marked `slurm`.
 SYSTEM_PKGS := slurmctld slurmd slurm-client munge
-# Gradio UI tests (tests/test_ui_browser.py): headless Chromium, driven by Playwright through /usr/lib/chromium/chromium
-SYSTEM_PKGS += chromium
+# Gradio UI tests (tests/test_ui_browser.py): headless Chromium, driven by Playwright through /usr/lib/chromium/chromium,
+# and a CJK font so the page's Chinese text renders in it (docs/ui.png)
+SYSTEM_PKGS += chromium fonts-wqy-microhei
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -144,3 +144,17 @@ def test_a_generation_through_the_session_is_a_batch_item_with_its_steps_relayed
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["id"] == req.id
     assert not any((out / ".partial").rglob("*.*"))
     assert "gradio" not in sys.modules                              # the app imports it, never the batch path
+
+
+def test_port_taken_and_loopback_rules():
+    import socket
+
+    from wan_dist.ui.main import is_loopback, pick_port
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"ui.host='127.0.0.1', ui.port={port}: cannot listen there"):
+            pick_port("127.0.0.1", port)
+    assert pick_port("127.0.0.1", 0) > 0
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    assert all(flag in args.usage() for flag in args.ALIASES)

@@ -7,7 +7,8 @@ second video without loading the models again; SIGTERM ends the app with exit 0,
 Two ranks (`wan-dist torchrun ... parallel.ulysses=2`): the same from the page, in Chinese, and the video's latents
 and frames equal a single-process run of the same request.
 
-WAN_DIST_UI_SCREENSHOT=1 also writes the page's screenshot to docs/ui.png (the README shows it).
+WAN_DIST_UI_SCREENSHOT=1 also writes the pages' screenshots to docs/ui.png and docs/ui-zh.png (the README shows
+them).
 """
 from __future__ import annotations
 
@@ -129,7 +130,10 @@ def test_app_in_a_browser(browser, tmp_path, tiny_ckpt, test_image):
                f"out_dir={out}", *TINY, "ui.lang=en", "--sample_shift", "7", "--t5_cpu"], tmp_path / "app.log", cwd)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        page.goto(app.url(), timeout=WAIT_MS)
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
+        url = app.url()
+        page.goto(url, timeout=WAIT_MS)
         page.wait_for_selector("#generate", timeout=WAIT_MS)
         # 1. the command line wins: its values, disabled, with the note; the rest is free, the model's defaults
         shift = control(page, "shift", "input[type=number]")
@@ -178,6 +182,8 @@ def test_app_in_a_browser(browser, tmp_path, tiny_ckpt, test_image):
         if os.environ.get("WAN_DIST_UI_SCREENSHOT") == "1":
             shutil.copyfile(shot, REPO / "docs" / "ui.png")
         page.close()
+        outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]
+        assert requested and not outside, outside           # no web fonts, no analytics, no CDN
         # 5. SIGTERM: a clean stop, exit 0; the ledger has both; nothing left in the cwd or temp areas
         assert app.stop() == 0, app.log()[-4000:]
     finally:
@@ -223,6 +229,8 @@ def test_two_rank_app_in_a_browser_equals_one_process(browser, tmp_path, tiny_ck
         set_number(page, "seed", 1234)
         item = done_id(generate(page, err).replace("完成：", "done: ").replace("，", ", "))
         assert wait_video(page, item) > 0
+        if os.environ.get("WAN_DIST_UI_SCREENSHOT") == "1":
+            page.screenshot(path=str(REPO / "docs" / "ui-zh.png"), full_page=True)
         page.close()
         assert app.stop() == 0, app.log()[-4000:]          # wan-dist torchrun forwards SIGTERM to both ranks
     finally:

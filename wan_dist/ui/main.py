@@ -41,7 +41,8 @@ def _say(msg: str) -> None:
 def pick_port(host: str, port: int) -> int:
     """ui.port checked before any model work (0: a free port the OS picks; gradio is then given that number)."""
     try:
-        with socket.create_server((host, port)) as s:
+        family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+        with socket.create_server((host.strip("[]"), port), family=family) as s:
             return s.getsockname()[1]
     except OSError as e:
         raise ValueError(f"ui.host={host!r}, ui.port={port}: cannot listen there ({e.strerror or e}); "

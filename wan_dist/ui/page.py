@@ -47,13 +47,13 @@ def figures_table(t: dict, sc: dict) -> str:
 
 def _component(gr, ctl, t: dict, label_key: str | None = None):
     label, info = t[label_key or ctl.name]
-    if ctl.locked:     # markdown: the command line's spelling as code (a W*H size is no emphasis)
-        info = f"{t['locked'].format(how=f'`{ctl.locked}`')}. {info}"
+    if ctl.locked:     # in the label (plain text): the help is markdown, which would eat the `*` of a W*H size
+        label = f"{label} · {t['locked'].format(how=ctl.locked)}"
     elif ctl.fixed:
-        info = f"{t['replica_only']}. {info}"
+        label = f"{label} · {t['replica_only']}"
     kw = {"label": label, "elem_id": ctl.name, "interactive": not (ctl.locked or ctl.fixed)}
     if ctl.kind == "image":
-        return gr.Image(value=ctl.value, type="filepath", sources=["upload"], label=f"{label} ({info})",
+        return gr.Image(value=ctl.value, type="filepath", sources=["upload"], label=f"{label}: {info}",
                         elem_id=ctl.name, interactive=kw["interactive"], height=220)
     if ctl.kind == "text":
         lines = 3 if ctl.name == "prompt" else 2

@@ -1,7 +1,8 @@
 """Every text the UI shows, in Chinese (the seed's users) and English: `ui.lang=zh|en`.
 
 The help texts follow the seed document (002): what each control does, its recommended range and its cost.
-Each control: (label, help).
+Each control: (label, help). Gradio renders a help text as markdown in which even `*` inside code is emphasis: no
+`*` in them (sizes are written W×H there).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ ZH = {
     "prompt": ("提示词", "描述想要生成的视频内容"),
     "negative_prompt": ("负面提示词", "描述不希望出现的内容；默认是 Wan 原生的负面提示词，清空即使用该默认值"),
     "image": ("条件图像", "TI2V：上传图像即切换为图生视频（输出保持图像宽高比）；I2V：必须上传"),
-    "size": ("视频分辨率", "选择生成视频的分辨率（宽*高，来自模型的尺寸表）；图生视频时为最大面积"),
+    "size": ("视频分辨率", "选择生成视频的分辨率（宽×高，来自模型的尺寸表）；图生视频时为最大面积"),
     "frame_num": ("视频帧数", "需为 4n+1；其他值自动修正为最接近的 4n+1（1 → 5），并在 sidecar 中给出提示"),
     "steps": ("扩散步数", "控制采样质量，步数越多质量越高，耗时也越长"),
     "guide_scale": ("引导比例", "控制生成视频对提示词的遵循程度，值越大越严格遵循（推荐 4.0-10.0）："
@@ -87,7 +88,7 @@ EN = {
                         "(an empty box uses it too)"),
     "image": ("Conditioning image", "TI2V: an image switches to image-to-video (the output keeps its aspect "
               "ratio); I2V: required"),
-    "size": ("Resolution", "W*H from the model's size table; for image-to-video a maximum area"),
+    "size": ("Resolution", "W×H from the model's size table; for image-to-video a maximum area"),
     "frame_num": ("Frames", "4n+1; other values are corrected to the nearest 4n+1 (1 -> 5), noted in the sidecar"),
     "steps": ("Sampling steps", "more steps, higher quality, longer run"),
     "guide_scale": ("Guidance scale", "how closely the video follows the prompt (recommended 4.0-10.0): low (4-6) "

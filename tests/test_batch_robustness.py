@@ -269,10 +269,13 @@ def test_output_paths_never_leave_out_dir(tmp_path):
             o.path_for(bad, ".mp4")
     outside = tmp_path / "outside.txt"
     outside.write_text("keep")
-    (o.videos / "evil.mp4").symlink_to(outside)       # a planted symlink is refused, never followed
-    with pytest.raises(ValueError, match="outside"):
-        o.path_for("evil", ".mp4")
-    assert outside.read_text() == "keep"
+    (o.videos / "evil.mp4").symlink_to(outside)       # a planted symlink is refused up front, never followed
+    with pytest.raises(ValueError, match=r"videos/evil\.mp4 is a symlink"):
+        o.check()
+    assert not o.is_complete("evil", {"status": "ok"})
+    import numpy as np
+    o.write_video("evil", np.zeros((5, 32, 32, 3), np.uint8), 16, lossless=False, crf=18)   # replaces the link
+    assert outside.read_text() == "keep" and not (o.videos / "evil.mp4").is_symlink()
     assert o.path_for("ok-id_1.2", ".mp4") == o.videos / "ok-id_1.2.mp4"
 
 

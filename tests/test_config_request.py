@@ -80,7 +80,7 @@ def test_manifest_or_prompt_required():
 
 
 @pytest.mark.parametrize("n,expected,warns", [
-    (1, 5, True), (2, 1, True), (3, 5, True), (4, 5, True), (5, 5, False), (6, 5, True), (7, 9, True),
+    (1, 5, True), (2, 5, True), (3, 5, True), (4, 5, True), (5, 5, False), (6, 5, True), (7, 9, True),
     (8, 9, True), (9, 9, False), (80, 81, True), (81, 81, False), (82, 81, True), (83, 85, True),
     (120, 121, True), (121, 121, False)])
 def test_frame_count_table(n, expected, warns):

@@ -19,12 +19,17 @@ LOGGERS = ("none", "wandb")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
 UI_LANGS = ("zh", "en")
+ON_CHANGE = ("stop", "redo", "keep")
 
 
-def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
+def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING, *, video: bool = True):
+    """A documented field. `video=False` marks a model.* / sample.* / output.* key that does not change the video an
+    item gets (batch/settings.py leaves it out of the settings hash; e.g. sample.seed: the seed an item actually uses
+    is part of its request)."""
+    meta = {"doc": text, "video": video}
     if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class ModelConfig:
     frame_num: int = _doc("frames per video (4n+1)", 81)
     size: str = _doc("default W*H", "832*480")
     sizes: tuple = _doc("official W*H sizes (sample.size and manifest sizes must be one of them); empty = any size "
-                        "the VAE stride and patch allow", ())
+                        "the VAE stride and patch allow", (), video=False)
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class SampleConfig:
     size: Optional[str] = _doc("override model.size, W*H (WxH also accepted)", None)
     frame_num: Optional[int] = _doc("override model.frame_num; corrected to 4n+1 with a warning", None)
     negative_prompt: Optional[str] = _doc("null = the native default negative prompt", None)
-    seed: int = _doc("run seed; a row without a seed gets one derived from this and its id", 42)
+    seed: int = _doc("run seed; a row without a seed gets one derived from this and its id", 42, video=False)
     cfg_truncate_steps: int = _doc("skip the unconditional pass in the last N steps of the low-noise expert "
                                    "(of the whole run for single-expert models)", 0)
     cfg_truncate_high_noise_steps: int = _doc("skip the unconditional pass in the last M high-noise steps "
@@ -101,6 +106,10 @@ class BatchConfig:
     claim_timeout_s: float = _doc("a claim (out_dir/claims/<id>.claim) whose owner on another host has not "
                                   "refreshed it for this long is taken over (a dead owner on this host at once)",
                                   300.0)
+    on_change: str = _doc("an id already made (or failed) in out_dir with other settings (batch/settings.py): stop "
+                          "= exit 2 before any model work, listing the ids and the changed fields; redo = make it "
+                          "again with the new settings (the old files are replaced atomically); keep = keep the old "
+                          "files and say so", "stop")
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,8 @@ def _check_type(path: str, value: Any, tp) -> Any:
         raise ValueError(f"{path}={value!r}: must be an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):     # nan / inf pass every comparison rule the wrong way
+                raise ValueError(f"{path}={value!r}: must be a finite number")
             return float(value)
         raise ValueError(f"{path}={value!r}: must be a number")
     if tp is str:
@@ -234,6 +245,16 @@ def _at_least(lo, note=""):
     return rule
 
 
+def _range(lo, hi, note=""):
+    def rule(field: str, v) -> None:
+        _finite(field, v)
+        if v < lo:
+            raise ValueError(f"{field}={v}: must be >= {lo}")
+        if v > hi:
+            raise ValueError(f"{field}={v}: must be <= {hi}{note}")
+    return rule
+
+
 def _positive(field: str, v) -> None:
     _finite(field, v)
     if v <= 0:
@@ -246,7 +267,7 @@ def _seed(field: str, v) -> None:
 
 
 VALUE_RULES = {
-    "steps": _at_least(1),
+    "steps": _range(1, 1000, " (the models are trained on 1000 timesteps; more steps only repeat them)"),
     "shift": _positive,
     "guide_scale": _at_least(1.0, " (1.0 turns classifier-free guidance off)"),
     "guide_scale_high": _at_least(1.0, " (1.0 turns classifier-free guidance off)"),
@@ -255,6 +276,7 @@ VALUE_RULES = {
     "cfg_truncate_high_noise_steps": _at_least(0),
     "seed": _seed,
     "solver": lambda field, v: _choice(field, v, SOLVERS),
+    "fps": _range(1, 1000, " (frames per second of the mp4)"),
 }
 
 
@@ -299,6 +321,7 @@ def validate(cfg: RunConfig, rows: bool = True) -> None:
         raise ValueError(f"ui.host={cfg.ui.host!r}: must be an address or host name, e.g. 127.0.0.1")
     if cfg.ckpt_dir is None:
         raise ValueError("ckpt_dir=null: the checkpoint directory is required (ckpt_dir=/path/to/Wan2.x-...)")
+    _choice("batch.on_change", cfg.batch.on_change, ON_CHANGE)
     if not cfg.batch.claim_timeout_s > 0:
         raise ValueError(f"batch.claim_timeout_s={cfg.batch.claim_timeout_s}: must be > 0 seconds")
     p = cfg.parallel

@@ -51,3 +51,29 @@ def write_bytes_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> 
 
 def write_json_atomic(path: Path, obj, tmp_dir: Path | None = None) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode(), tmp_dir)
+
+
+def not_a_regular_file(path) -> str | None:
+    """None when `path` is a regular file this process may read; else what is there instead, in words.
+
+    Why not `Path.is_file()`: a directory, a FIFO or a device is not "not found", and opening a FIFO would block."""
+    import stat
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is a symlink to a missing file" if os.path.islink(path) else "file not found"
+    except NotADirectoryError:
+        return "a component of the path is a file, not a directory"
+    except PermissionError:
+        return "cannot be read: permission denied on a directory of the path"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    for test, kind in kinds:
+        if test(st.st_mode):
+            return f"is {kind}, not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return None

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass
 
 from . import config as config_mod
+from .batch import changes as changes_mod
+from .batch import settings as settings_mod
 from .batch.manifest import load_items, single_prompt_items
-from .batch.outputs import OutputDir
+from .batch.outputs import OutputDir, OutputsUnwritable
 from .batch.preempt import StopFlag
 from .batch.runner import BatchRunner, Summary
 from .batch.work import WorkSource, make_source
@@ -59,14 +61,49 @@ def user_error(ctx: RunContext, e: ValueError) -> ExitCode:
 
 
 def validate_inputs(cfg, ctx: RunContext, layout=None) -> list:
-    """Every row (once, on rank 0, shared with the others) and the checkpoint files: ValueError on any problem."""
+    """Every row (once, on rank 0, shared with the others), the checkpoint files and out_dir: ValueError on any
+    problem. The items carry their settings hash."""
+    return prepare_batch(cfg, ctx, layout)[0]
+
+
+def prepare_batch(cfg, ctx: RunContext, layout=None) -> tuple[list, dict]:
+    """(items, the run part of their settings). All of it on rank 0, once, read-only: the manifest rows, the
+    checkpoint files (and their identity), out_dir (a directory, no symlink where wan-dist writes) and the ids out_dir
+    already holds with other settings (batch.on_change=stop: a ValueError listing them, before any model work)."""
     spec = get_model(cfg.model.name)
-    items = ctx.share_from_main(lambda: load_items(cfg.manifest, cfg, spec) if cfg.manifest
-                                else single_prompt_items(cfg, spec))
+
+    def on_main():
+        items = load_items(cfg.manifest, cfg, spec) if cfg.manifest else single_prompt_items(cfg, spec)
+        report = checkpoint.check(cfg.ckpt_dir, spec)
+        place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
+                          t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
+        run = settings_mod.run_settings(cfg, report.identity(), place.describe())
+        items = settings_mod.attach(items, run)
+        out = OutputDir(cfg.out_dir, writer="validation")
+        out.check()
+        found = changes_mod.find_changes(out, items, run, retry_failed=cfg.batch.retry_failed)
+        if found and cfg.batch.on_change == "stop":
+            raise ValueError(changes_mod.stop_message(out.root, found))
+        if found:
+            log.warning("%d id(s) were made before with other settings; batch.on_change=%s: %s\n%s", len(found),
+                        cfg.batch.on_change, "they are made again" if cfg.batch.on_change == "redo"
+                        else "the old videos are kept", changes_mod.summarize(found))
+        return items, run
+
+    items, run = ctx.share_from_main(on_main)
     if layout is not None and layout.sp > 1:
         check_items([it.request for it in items], spec, layout, cfg.model.sizes)
-    ctx.share_from_main(lambda: checkpoint.check(cfg.ckpt_dir, spec).ckpt_format)
-    return items
+    return items, run
+
+
+def open_out_dir(out: OutputDir, doc: dict) -> tuple[str, str]:
+    """Main rank: out_dir set up and the config recorded -> ("ok", run id), or ("unwritable", message) (exit 74
+    on every rank); a ValueError (exit 2) travels through ctx.share_from_main by itself."""
+    try:
+        out.prepare(doc)
+    except OutputsUnwritable as e:
+        return "unwritable", str(e)
+    return "ok", out.writer
 
 
 def build_engine(cfg, ctx: RunContext) -> Engine:
@@ -98,17 +135,18 @@ def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, l
 
 def _run(cfg, ctx, work, stop, layout) -> ExitCode:
     try:
-        items = validate_inputs(cfg, ctx, layout)
+        items, run_settings = prepare_batch(cfg, ctx, layout)
         out = OutputDir(cfg.out_dir, claim_timeout_s=cfg.batch.claim_timeout_s)
-        if ctx.is_main:
-            out.prepare()
+        doc = {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
+               "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
+               "run_id": out.writer}
+        kind, run_id = ctx.share_from_main(lambda: open_out_dir(out, doc))   # the main rank's writer names the run
     except ValueError as e:
         return user_error(ctx, e)
-    run_id = ctx.share_from_main(lambda: out.writer)          # the main rank's writer names the run
-    if ctx.is_main:
-        out.write_config({"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
-                          "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
-                          "run_id": run_id})
+    if kind == "unwritable":
+        if ctx.is_main:
+            print(f"error: {run_id}", file=sys.stderr, flush=True)
+        return ExitCode.IOERR
     engine = build_engine(cfg, ctx)
     spec = get_model(cfg.model.name)
     progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
@@ -121,7 +159,7 @@ def _run(cfg, ctx, work, stop, layout) -> ExitCode:
     layout_info = {**ctx.describe(), **engine.parallel.describe()}
     runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
                          model_load_s=engine.model_load_s, run_info=run_info, layout=layout_info, sink=sink,
-                         progress=progress, stop=stop)
+                         progress=progress, stop=stop, run_settings=run_settings)
     if ctx.is_main:
         log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest, work source %s", spec.name,
                  engine.model_load_s, run_info["dtype"], run_info["device"], len(items), work.name)
@@ -143,6 +181,8 @@ def _run(cfg, ctx, work, stop, layout) -> ExitCode:
 def outcome(s: Summary) -> ExitCode:
     if s.aborted:
         return ExitCode.IOERR
+    if s.conflicts:               # another run made some of this run's ids with other settings meanwhile
+        return ExitCode.USAGE
     if s.preempted:
         return ExitCode.TEMPFAIL
     return ExitCode.ITEMS_FAILED if (s.failed or s.lost) else ExitCode.OK

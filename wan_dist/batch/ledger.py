@@ -56,7 +56,8 @@ class Ledger:
     def append(self, record: dict) -> dict:
         """Append one record to this writer's own file (fsync). Returns the record as written."""
         t_ns = time.time_ns()
-        rec = redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, keep=("id",))
+        rec = redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, keep=("id",),
+                     literals=(record["id"],))   # the id is data, also inside the paths the record names
         rec.update(writer=self.writer, t_ns=t_ns)
         data = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode()
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,17 @@
 """Manifests (CSV or JSONL) -> validated items. Every row is checked before any model loads; all problems are
-reported together as `file:line column=value: rule`.
+reported together as `file:line column=value: rule`. The file format is read by manifest_read.py (strictly: no
+row lost, split or invented).
 
 Columns: id, prompt, negative_prompt, seed, image, size, frame_num, steps, shift, guide_scale, guide_scale_high,
 cfg_truncate_steps, cfg_truncate_high_noise_steps, solver. Only `prompt` is required; a given value overrides the
-config for that row. Image paths are relative to the manifest file.
+config for that row, under the same rule as the config key. Image paths are relative to the manifest file.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +19,16 @@ from pathlib import Path
 from ..config import RunConfig
 from ..models.registry import ModelSpec
 from ..pipeline.request import GenerationRequest, build_request
+from .images import ImageFacts, inspect_image
+from .manifest_read import ManifestError, read_records
+
+__all__ = ["COLUMNS", "Item", "ManifestError", "check_id", "derive_id", "load_items", "single_prompt_items"]
 
 COLUMNS = {"id": str, "prompt": str, "negative_prompt": str, "seed": int, "image": str, "size": str,
            "frame_num": int, "steps": int, "shift": float, "guide_scale": float, "guide_scale_high": float,
            "cfg_truncate_steps": int, "cfg_truncate_high_noise_steps": int, "solver": str}
-ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-class ManifestError(ValueError):
-    def __init__(self, problems: list[str], where: str = "the manifest"):
-        self.problems = problems
-        n = len(problems)
-        super().__init__(f"{n} problem{'s' if n > 1 else ''} in {where} (nothing was run):\n  "
-                         + "\n  ".join(problems))
+ID_CHARS = "A-Za-z0-9._-"
+ID_RE = re.compile(rf"[{ID_CHARS}]{{1,128}}")     # used with fullmatch: `$` would accept a final newline
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,8 @@ class Item:
     index: int              # 0-based row index in the manifest (decides the data-parallel share)
     line: int               # 1-based line in the file, for messages
     request: GenerationRequest
+    image_digest: str | None = None   # "sha256:..." of the conditioning image's bytes
+    settings: str | None = None       # the settings hash (batch/settings.py), set before the run starts
 
 
 def derive_id(index: int, prompt: str, row: dict | None = None) -> str:
@@ -50,51 +50,11 @@ def derive_id(index: int, prompt: str, row: dict | None = None) -> str:
     return f"p-{digest}"
 
 
-def check_id(item_id: str) -> None:
-    if not ID_RE.match(item_id) or item_id in (".", ".."):
+def check_id(item_id) -> None:
+    """An id names files (videos/<id>.mp4): 1-128 of [A-Za-z0-9._-], the whole string (no final newline), not . or
+    ..; it is data, never pattern-matched as anything else (a secret, a temp file)."""
+    if not isinstance(item_id, str) or not ID_RE.fullmatch(item_id) or item_id in (".", ".."):
         raise ValueError(f"id={item_id!r}: must match [A-Za-z0-9._-]{{1,128}} (and not be . or ..)")
-
-
-def _read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    """(line number, raw dict) per row, and the problems of rows that could not be read at all."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    rows, problems = [], []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{path}:{n}: each line must be a JSON object, got {type(obj).__name__}")
-                continue
-            rows.append((n, obj))
-        return rows, problems
-    if path.suffix.lower() != ".csv":
-        raise ValueError(f"manifest={str(path)!r}: must end in .csv or .jsonl")
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    if reader.fieldnames is None:
-        raise ManifestError([f"{path}:1: empty manifest (needs a header with at least 'prompt')"])
-    header = [h.strip() if h else h for h in reader.fieldnames]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise ManifestError([f"{path}:1 {h}: column appears more than once in the header" for h in dupes])
-    reader.fieldnames = header
-    for row in reader:
-        if None in row:  # more cells than header columns
-            problems.append(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} cells but the header has "
-                            f"{len(header)} columns (quote cells that contain commas)")
-            continue
-        if all((v or "").strip() == "" for v in row.values()):
-            continue
-        rows.append((reader.line_num, row))
-    return rows, problems
 
 
 def _typed(column: str, value, typ):
@@ -103,6 +63,8 @@ def _typed(column: str, value, typ):
     if typ is str:
         if not isinstance(value, str):
             raise ValueError(f"{column}={value!r}: must be a string")
+        if "\x00" in value:
+            raise ValueError(f"{column}={value!r}: contains a NUL character (not text)")
         return value
     if isinstance(value, bool):
         raise ValueError(f"{column}={value!r}: must be {'an integer' if typ is int else 'a number'}")
@@ -120,25 +82,16 @@ def _typed(column: str, value, typ):
 
 
 def check_image(path: Path, shown: str) -> None:
-    from PIL import Image
-    if not path.is_file():
-        raise ValueError(f"image={shown!r}: file not found ({path})")
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            im.convert("RGB").load()
-    except Exception as e:  # PIL raises many types for bad files
-        raise ValueError(f"image={shown!r}: cannot decode the image ({type(e).__name__}: {e})") from None
+    """ValueError unless `path` is a readable, decodable image (kept for callers; see images.inspect_image)."""
+    inspect_image(path, shown)
 
 
 def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"manifest={str(path)!r}: file not found")
-    rows, problems = _read_rows(path)
+    rows, problems = read_records(path)
     items: list[Item] = []
     seen: dict[str, int] = {}
+    folded: dict[str, tuple[str, int]] = {}   # ids differing only in case are one file on macOS / Windows / SMB
     if not rows and not problems:
         raise ManifestError([f"{path}: no rows (needs a header with at least 'prompt' and one row)"])
     for index, (line, raw) in enumerate(rows):
@@ -164,10 +117,15 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
         if item_id in seen:
             problems.append(f"{where} id={item_id!r}: duplicate id (first on line {seen[item_id]})")
             continue
+        if item_id.casefold() in folded:
+            other, other_line = folded[item_id.casefold()]
+            problems.append(f"{where} id={item_id!r}: differs from id {other!r} (line {other_line}) only in letter "
+                            "case; their files would be one file on a case-insensitive filesystem")
+            continue
         seen[item_id] = line
+        folded[item_id.casefold()] = (item_id, line)
         try:
-            resolve_image(row, spec, path.parent)
-            items.append(Item(index, line, build_request(cfg, spec, row, item_id)))
+            items.append(_item(index, line, cfg, spec, row, item_id, path.parent))
         except ValueError as e:
             problems.append(f"{where} {e}")
     if problems:
@@ -191,15 +149,25 @@ def typed_row(raw: dict) -> tuple[dict, list[str]]:
     return row, bad
 
 
-def resolve_image(row: dict, spec: ModelSpec, base: Path) -> None:
-    """row["image"] (relative to `base`) checked and made absolute; ValueError for a text-only model or a bad file."""
+def resolve_image(row: dict, spec: ModelSpec, base: Path) -> ImageFacts | None:
+    """row["image"] (relative to `base`) checked and made absolute (not resolved: a link is checked as a link);
+    ValueError for a text-only model or a file that is not a readable image. Returns the image's size and digest."""
     if not row.get("image"):
-        return
+        return None
     if spec.image == "none":
         raise ValueError(f"image={row['image']!r}: {spec.name} is text-to-video and takes no image")
-    img_path = (base / row["image"]).resolve()
-    check_image(img_path, row["image"])
+    img_path = Path(os.path.abspath(base / row["image"]))
+    facts = inspect_image(img_path, row["image"])
     row["image"] = str(img_path)
+    return facts
+
+
+def _item(index: int, line: int, cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, base: Path) -> Item:
+    """The row's Item: its image checked (the output size it leads to too), its request built under every rule."""
+    shown = row.get("image")
+    facts = resolve_image(row, spec, base)
+    req = build_request(cfg, spec, row, item_id, image_size=facts and (facts.width, facts.height), image_label=shown)
+    return Item(index, line, req, image_digest=facts and facts.digest)
 
 
 def form_item(raw: dict, cfg: RunConfig, spec: ModelSpec, item_id: str, base: Path) -> Item:
@@ -208,19 +176,13 @@ def form_item(raw: dict, cfg: RunConfig, spec: ModelSpec, item_id: str, base: Pa
     row, problems = typed_row(raw)
     if not problems:
         try:
-            resolve_image(row, spec, base)
-            return Item(0, 0, build_request(cfg, spec, row, item_id))
+            return _item(0, 0, cfg, spec, row, item_id, base)
         except ValueError as e:
             problems.append(str(e))
     raise ManifestError(problems, where="the request")
 
 
 def single_prompt_items(cfg: RunConfig, spec: ModelSpec) -> list[Item]:
-    row = {"prompt": cfg.prompt, "image": None}
-    if cfg.image:
-        img = Path(cfg.image).resolve()
-        if spec.image != "none":
-            check_image(img, cfg.image)
-        row["image"] = str(img)
+    row = {"prompt": cfg.prompt, "image": cfg.image}
     item_id = derive_id(0, cfg.prompt or "", {"image": cfg.image})
-    return [Item(0, 0, build_request(cfg, spec, row, item_id))]
+    return [_item(0, 0, cfg, spec, row, item_id, Path.cwd())]

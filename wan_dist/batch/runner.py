@@ -30,15 +30,17 @@ from dataclasses import dataclass
 
 from ..observability.figures import item_total, reduce_item_times
 from ..observability.timer import StageTimer
+from . import settings as settings_mod
+from .changes import describe_change, differs
 from .manifest import Item
-from .outputs import OutputDir
+from .outputs import UNWRITABLE_ERRNOS, OutputDir, OutputsUnwritable, unwritable_message
 from .preempt import Preempted, StopFlag
 from .sidecar import build_sidecar, peak_memory
 
 log = logging.getLogger(__name__)
 
 # errors of the output filesystem that no retry of the next item can fix: stop the batch with a clear message
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+DISK_ERRNOS = UNWRITABLE_ERRNOS
 
 
 def _find_malloc_trim():
@@ -68,10 +70,6 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-class OutputsUnwritable(RuntimeError):
-    """The output directory cannot take more data (disk full, quota, read-only). The batch stops."""
-
-
 class ClaimLost(RuntimeError):
     """Another writer took this item's claim over (this writer looked dead); nothing of it is committed here."""
 
@@ -83,6 +81,9 @@ class Summary:
     failed: int = 0
     skipped_failed: int = 0
     redone: int = 0                  # items with partial / corrupt leftovers that were run again
+    changed: int = 0                 # items made before with other settings, made again (batch.on_change=redo)
+    kept: int = 0                    # items made before with other settings, kept (batch.on_change=keep)
+    conflicts: int = 0               # items another run made meanwhile with other settings (on_change=stop)
     held: int = 0                    # items left to another live writer when this run stopped
     lost: int = 0                    # items whose claim another writer took over mid-item (not committed here)
     preempted: str | None = None     # why the run stopped early (a stop signal, here or on another rank)
@@ -93,6 +94,13 @@ class Summary:
         s = f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed"
         if self.redone:
             s += f" ({self.redone} redone: partial or corrupt leftovers)"
+        if self.changed:
+            s += f", {self.changed} made again with changed settings (batch.on_change=redo)"
+        if self.kept:
+            s += f", {self.kept} made before with other settings and KEPT as they are (batch.on_change=keep)"
+        if self.conflicts:
+            s += (f", {self.conflicts} NOT MADE: another run made them meanwhile with other settings "
+                  "(batch.on_change=stop; rerun with redo or keep)")
         if self.skipped_failed:
             s += f", {self.skipped_failed} earlier failures not retried (batch.retry_failed=true retries them)"
         if self.lost:
@@ -110,7 +118,8 @@ class Summary:
     def total(cls, parts: list["Summary"]) -> "Summary":
         out = cls()
         for p in parts:
-            for k in ("done", "skipped", "failed", "skipped_failed", "redone", "held", "lost", "left"):
+            for k in ("done", "skipped", "failed", "skipped_failed", "redone", "changed", "kept", "conflicts", "held",
+                      "lost", "left"):
                 setattr(out, k, getattr(out, k) + getattr(p, k))
             out.preempted = out.preempted or p.preempted
             out.aborted = out.aborted or p.aborted
@@ -136,14 +145,17 @@ def _test_hook_kill(item_id: str, stage: str) -> None:
 
 
 RUN, COMPLETE, FAILED_BEFORE, HELD = "run", "complete", "failed-before", "held"
+KEPT, CONFLICT, ABORT = "kept", "conflict", "abort"
 
 
 class BatchRunner:
     stop_between_steps = True   # False: a stop signal is only honoured between items
 
     def __init__(self, *, cfg, spec, generator, out: OutputDir, ctx, work, model_load_s: float, run_info: dict,
-                 layout: dict, sink=None, progress=None, stop: StopFlag | None = None):
+                 layout: dict, sink=None, progress=None, stop: StopFlag | None = None,
+                 run_settings: dict | None = None):
         self.cfg, self.spec, self.gen, self.out, self.ctx, self.work = cfg, spec, generator, out, ctx, work
+        self.run_settings = run_settings or {}   # the run part of every item's settings (batch/settings.py)
         self.model_load_s = model_load_s
         self.run_info = run_info
         self.layout = layout
@@ -171,18 +183,33 @@ class BatchRunner:
     def decide(self, it: Item) -> tuple[str, str]:
         decision = ("", "")
         if self.ctx.is_writer:
-            decision = self._decide_as_writer(it.request.id)
+            try:
+                decision = self._decide_as_writer(it)
+            except OSError as e:          # claims/ or the ledger cannot be written: every rank of the replica stops
+                if e.errno not in DISK_ERRNOS:
+                    raise
+                decision = (ABORT, unwritable_message(self.out.root, e, f"the claim of {it.request.id}"))
         return tuple(self.ctx.replica_share(decision))
 
-    def _decide_as_writer(self, item_id: str) -> tuple[str, str]:
+    def _decide_as_writer(self, it: Item) -> tuple[str, str]:
+        item_id = it.request.id
         holder = self.out.claims.acquire(item_id)
         if holder is not None:
             return HELD, str(holder)
         latest = self.out.ledger.latest()
         rec = latest.get(item_id)
-        if (rec is None or rec.get("status") != "ok") and self.out.path_for(item_id, ".json").exists():
+        if (rec is None or rec.get("status") != "ok") and os.path.lexists(self.out.path_for(item_id, ".json")):
             rec = self.out.ledger.latest(refresh=True).get(item_id)   # finished by another writer since we looked
-        if self.out.is_complete(item_id, rec):
+        complete = self.out.is_complete(item_id, rec)
+        skip = complete or (rec is not None and rec.get("status") == "failed" and not self.cfg.batch.retry_failed)
+        if skip and differs(rec, it):   # made (or failed) with other settings: never skipped silently
+            change = describe_change(self.out, it, rec, self.run_settings)
+            note = f"{', '.join(change.fields)} (made by {change.writer})"
+            if self.cfg.batch.on_change == "redo":
+                return RUN, "changed:" + ",".join(change.fields)
+            self.out.claims.release(item_id)
+            return (KEPT if self.cfg.batch.on_change == "keep" else CONFLICT), note
+        if complete:
             self.out.claims.release(item_id)
             return COMPLETE, ""
         if rec is not None and rec.get("status") == "failed" and not self.cfg.batch.retry_failed:
@@ -277,11 +304,34 @@ class BatchRunner:
             summary.skipped_failed += 1
             self.work.done(it, "skipped")
             return "skipped"
+        if what == KEPT:
+            log.warning("item %s was made with other settings (changed: %s); batch.on_change=keep keeps it",
+                        item_id, note)
+            summary.kept += 1
+            self.work.done(it, "skipped")
+            return "skipped"
+        if what == CONFLICT:
+            log.error("item %s was made meanwhile by another run with other settings (changed: %s); not made here "
+                      "(batch.on_change=stop)", item_id, note)
+            summary.conflicts += 1
+            self.work.done(it, "skipped")
+            return "skipped"
+        if what == ABORT:
+            summary.aborted = summary.aborted or note
+            self.ctx.announce_stop(f"outputs unwritable on replica {self.ctx.dp_rank}")
+            log.error("%s", note)
+            self.work.done(it, "stopped")
+            return "stopped"
         if note == "redo":
             log.warning("item %s: leftovers are incomplete or corrupt; redoing it", item_id)
             summary.redone += 1
+        changed = note[len("changed:"):].split(",") if note.startswith("changed:") else None
+        if changed is not None:
+            log.warning("item %s: made before with other settings (changed: %s); making it again (batch.on_change="
+                        "redo)", item_id, ", ".join(changed))
+            summary.changed += 1
         try:
-            ok = self.run_one(it, summary)
+            ok = self.run_one(it, summary, changed)
         finally:
             if self.ctx.is_writer:
                 self.out.claims.release(item_id)
@@ -291,14 +341,29 @@ class BatchRunner:
         return outcome
 
     # -- one item -------------------------------------------------------------------------------------------------
-    def _fail(self, it: Item, summary: Summary, err: str) -> bool:
+    def _settings_record(self, it: Item, changed: list[str] | None, with_fields: bool) -> dict:
+        rec = {"settings": it.settings}
+        if with_fields:
+            rec["settings_fields"] = settings_mod.fields_record(self.run_settings, it.request, it.image_digest)
+        if changed:
+            rec["changed"] = changed
+        return rec
+
+    def _fail(self, it: Item, summary: Summary, err: str, changed: list[str] | None = None) -> bool:
         log.error("item %s failed: %s", it.request.id, err)
         summary.failed += 1
         if self.ctx.is_writer:
-            self.out.append_ledger({"id": it.request.id, "status": "failed", "error": err, "row": it.line})
+            try:
+                self.out.append_ledger({"id": it.request.id, "status": "failed", "error": err, "row": it.line,
+                                        **self._settings_record(it, changed, True)})
+            except OSError as e:      # not even the failure can be recorded: the batch stops (exit 74)
+                if e.errno not in DISK_ERRNOS:
+                    raise
+                summary.aborted = summary.aborted or unwritable_message(self.out.root, e, "the ledger")
+                self.ctx.announce_stop(f"outputs unwritable on replica {self.ctx.dp_rank}")
         return False
 
-    def run_one(self, it: Item, summary: Summary) -> bool | None:
+    def run_one(self, it: Item, summary: Summary, changed: list[str] | None = None) -> bool | None:
         """True ok, False failed (recorded), None preempted mid-item (nothing written)."""
         req = it.request
         timer = StageTimer(self.gen.device)
@@ -310,7 +375,7 @@ class BatchRunner:
         except Exception as e:
             image, err = None, f"cannot read image {req.image!r}: {type(e).__name__}: {e}"
         if not self._agree(err is None):
-            return self._fail(it, summary, err or "another rank of this replica could not read the image")
+            return self._fail(it, summary, err or "another rank of this replica could not read the image", changed)
         # 2. generate (NaN/Inf latents raise FloatingPointError inside the generator)
         result = None
         try:
@@ -325,14 +390,14 @@ class BatchRunner:
             err = f"{type(e).__name__}: {e}"
             log.debug("item %s traceback:\n%s", req.id, traceback.format_exc())
         if not self._agree(err is None):
-            return self._fail(it, summary, err or "another rank of this replica failed this item")
+            return self._fail(it, summary, err or "another rank of this replica failed this item", changed)
         # every rank of the replica succeeded: stage/step times become the replica's (max over ranks; collective)
         t0 = reduce_item_times(self.ctx, timer, result.denoise, t0)
         # 3. save (writer only)
         disk_full = lost = False
         if self.ctx.is_writer:
             try:
-                self._save(it, result, timer, t0)
+                self._save(it, result, timer, t0, changed)
             except ClaimLost as e:
                 err, lost = str(e), True
             except OutputsUnwritable as e:
@@ -353,11 +418,11 @@ class BatchRunner:
                 self.ctx.announce_stop(f"outputs unwritable on replica {self.ctx.dp_rank}")
                 log.error("item %s: %s", req.id, summary.aborted)
                 return None
-            return self._fail(it, summary, err or "saving failed on the writer of this replica")
+            return self._fail(it, summary, err or "saving failed on the writer of this replica", changed)
         summary.done += 1
         return True
 
-    def _save(self, it: Item, result, timer: StageTimer, t0: float) -> None:
+    def _save(self, it: Item, result, timer: StageTimer, t0: float, changed: list[str] | None = None) -> None:
         req, cfg = result.request, self.cfg
         outputs = {"mp4": f"videos/{req.id}.mp4", "sidecar": f"videos/{req.id}.json"}
         if not self.out.claims.still_mine(req.id):
@@ -377,17 +442,24 @@ class BatchRunner:
             sidecar = build_sidecar(result, model=self.spec.name, fps=cfg.model.fps, is_moe=self.spec.is_moe,
                                     timings=timings, layout=self.layout, run=self.run_info,
                                     outputs=outputs, video=video, memory=peak_memory(self.gen.device))
+            sidecar["settings"] = {"hash": it.settings, "fields": settings_mod.fields_record(
+                self.run_settings, req, it.image_digest)}
+            if changed:
+                sidecar["settings"]["changed"] = changed
             self.out.write_sidecar(req.id, sidecar)
             _test_hook_kill(req.id, "after_sidecar")
+            self.out.drop_stale_extras(req.id, outputs)   # an earlier attempt's extras this run did not make
             self.out.append_ledger({"id": req.id, "status": "ok", "row": it.line, "mp4": outputs["mp4"],
                                     "sidecar": outputs["sidecar"], "seed": req.seed,
-                                    "timings": sidecar["timings"], "frames_per_second": sidecar["frames_per_second"]})
+                                    "timings": sidecar["timings"], "frames_per_second": sidecar["frames_per_second"],
+                                    **self._settings_record(it, changed, False)})
         except OSError as e:
             if e.errno in DISK_ERRNOS:
                 # the atomic writers removed their temp files; an mp4 without its ledger line is redone later
                 raise OutputsUnwritable(f"cannot write outputs of item {req.id} to {self.out.root}: "
                                         f"{os.strerror(e.errno)} ({errno.errorcode[e.errno]}); finished items "
-                                        "are kept; free space and rerun to continue") from e
+                                        "are kept; free space (or make out_dir writable) and rerun to "
+                                        "continue") from e
             raise
         if self.sink is not None:
             self.sink.log_video(sidecar, self.out.root / outputs["mp4"])

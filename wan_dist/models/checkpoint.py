@@ -52,6 +52,25 @@ class CheckpointReport:
             lines.append(self.hint)
         return "\n".join(lines)
 
+    def identity(self, sample_bytes: int = 1 << 16) -> str:
+        """A digest of what the loader will read, cheap for a 60 GB checkpoint: per file its path, size and first
+        and last `sample_bytes` (a safetensors header with every tensor's name, dtype, shape and offsets, the pickle
+        index of a .pth, the configs and tokenizer whole). A copy of the same checkpoint has the same identity
+        (no mtimes); a retrained or re-converted one does not."""
+        import hashlib
+        h = hashlib.sha256(f"{self.model}:{self.ckpt_format}".encode())
+        for comp in sorted(self.files):
+            for e in sorted(self.files[comp], key=lambda e: e.path):
+                path = self.ckpt_dir / e.path
+                size = path.stat().st_size
+                h.update(f"\n{comp}:{e.path}:{size}:".encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read(sample_bytes))
+                    if size > 2 * sample_bytes:
+                        fh.seek(size - sample_bytes)
+                        h.update(fh.read(sample_bytes))
+        return "sha256:" + h.hexdigest()[:32]
+
     def format(self) -> str:
         lines = [f"checkpoint: {self.ckpt_dir}", f"model: {self.model}", f"format: {self.ckpt_format}", "files:"]
         for comp, entries in self.files.items():

@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 
 from .convert_rules import T5_RULES, VAE22_RULES, rules_to_library, rules_to_native
+from .registry import ROPE_MAX_SEQ_LEN
 
 COMPONENTS = ("dit", "vae2.1", "vae2.2", "t5")
 
@@ -60,7 +61,7 @@ def library_config(component: str, native_cfg: dict):
                   attention_head_dim=dim // heads, in_channels=c["in_dim"], out_channels=c["out_dim"],
                   text_dim=c.get("text_dim", 4096), freq_dim=c["freq_dim"], ffn_dim=c["ffn_dim"],
                   num_layers=c["num_layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=c["eps"],
-                  image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024)
+                  image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=ROPE_MAX_SEQ_LEN)
         if c.get("model_type") in ("i2v", "flf2v") and str(c.get("wan_version", "")) == "2.1":
             kw.update(image_dim=1280, added_kv_proj_dim=dim)  # Wan2.1 CLIP image tokens (wan_facts §2.10, §2.13)
             if c["model_type"] == "flf2v":

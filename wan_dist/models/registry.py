@@ -23,6 +23,10 @@ TOKENIZER_DIR = "google/umt5-xxl"
 DIT_WEIGHTS = "diffusion_pytorch_model"  # + ".safetensors" or "-0000i-of-0000n.safetensors" + ".safetensors.index.json"
 EXPERT_DIRS = ("high_noise_model", "low_noise_model")  # diffusers order: transformer = high, transformer_2 = low
 
+# positions the DiT's rotary embedding covers per axis (latent frames, patch rows, patch columns): diffusers'
+# WanTransformer3DModel rope_max_seq_len, the native rope_params(1024, ...); models/convert.py builds the DiT with it
+ROPE_MAX_SEQ_LEN = 1024
+
 VAE_FILES = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 VAE_STRIDES = {"2.1": (4, 8, 8), "2.2": (4, 16, 16)}
 

@@ -29,22 +29,30 @@ def secret_env_values(environ=None) -> list[str]:
     return sorted(vals, key=len, reverse=True)  # longest first: a secret containing another is cut whole
 
 
-def _scrub_str(s: str, secrets: list[str]) -> str:
+def _sub(pattern: re.Pattern, s: str, literals: tuple) -> str:
+    """pattern -> REDACTED, except a match lying wholly inside an occurrence of a literal (data, e.g. an item id)."""
+    spans = [(m.start(), m.end()) for x in literals if x for m in re.finditer(re.escape(x), s)]
+    return pattern.sub(lambda m: m.group(0) if any(a <= m.start() and m.end() <= b for a, b in spans) else REDACTED,
+                       s)
+
+
+def _scrub_str(s: str, secrets: list[str], literals: tuple = ()) -> str:
     for v in secrets:
         if v in s:
-            s = s.replace(v, REDACTED)
-    s = TOKEN_SHAPES.sub(REDACTED, s)
+            s = _sub(re.compile(re.escape(v)), s, literals) if literals else s.replace(v, REDACTED)
+    s = _sub(TOKEN_SHAPES, s, literals) if literals else TOKEN_SHAPES.sub(REDACTED, s)
     m = re.match(r"^([+~]*)([^=\s]+)=(.*)$", s, re.DOTALL)  # an argv override key=value
     if m and is_secret_key(m.group(2).split(".")[-1]) and m.group(3) not in ("", "null", "None"):
         s = f"{m.group(1)}{m.group(2)}={REDACTED}"
     return s
 
 
-def redact(obj, environ=None, _secrets=None, keep: tuple = ()):
+def redact(obj, environ=None, _secrets=None, keep: tuple = (), literals: tuple = ()):
     """A copy of `obj` (JSON-like) with secrets replaced by ***REDACTED***.
 
     `keep`: top-level keys whose values are data and pass unchanged (an item's id: an id that happens to look like a
-    token is what the user named the item, and resume must recognise it)."""
+    token is what the user named the item, and resume must recognise it). `literals`: strings that are data wherever
+    they appear (the same id inside `videos/<id>.mp4`); the text around them is still scrubbed."""
     secrets = secret_env_values(environ) if _secrets is None else _secrets
     if isinstance(obj, dict):
         out = {}
@@ -54,10 +62,10 @@ def redact(obj, environ=None, _secrets=None, keep: tuple = ()):
             elif is_secret_key(k) and v not in (None, "", False):
                 out[k] = REDACTED
             else:
-                out[k] = redact(v, _secrets=secrets)
+                out[k] = redact(v, _secrets=secrets, literals=literals)
         return out
     if isinstance(obj, (list, tuple)):
-        return [redact(v, _secrets=secrets) for v in obj]
+        return [redact(v, _secrets=secrets, literals=literals) for v in obj]
     if isinstance(obj, str):
-        return _scrub_str(obj, secrets)
+        return _scrub_str(obj, secrets, literals)
     return obj

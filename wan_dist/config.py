@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,6 +308,9 @@ def validate(cfg: RunConfig, rows: bool = True) -> None:
         for name in VALUE_RULES:
             if hasattr(getattr(cfg, group), name):
                 check_value(name, getattr(getattr(cfg, group), name), f"{group}.{name}")
+    for size in cfg.model.sizes:
+        if not (isinstance(size, str) and re.fullmatch(r"[1-9][0-9]*\*[1-9][0-9]*", size)):
+            raise ValueError(f"model.sizes: {size!r}: each official size must be W*H, e.g. 1280*704")
     if spec.is_moe != (cfg.model.boundary is not None):
         raise ValueError(f"model.boundary={cfg.model.boundary}: {spec.name} "
                          f"{'needs' if spec.is_moe else 'has no experts, so takes no'} boundary")

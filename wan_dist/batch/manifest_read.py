@@ -25,13 +25,19 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 class ManifestError(ValueError):
-    """Every problem of a manifest (or of one request given directly: `where`)."""
+    """Every problem of a manifest (or of one request given directly: `where`); the message lists the first SHOWN
+    of them and counts the rest."""
+    SHOWN = 100
 
     def __init__(self, problems: list[str], where: str = "the manifest"):
         self.problems = problems
         n = len(problems)
-        super().__init__(f"{n} problem{'s' if n > 1 else ''} in {where} (nothing was run):\n  "
-                         + "\n  ".join(problems))
+        more = f"
+  ... and {n - self.SHOWN} more problems" if n > self.SHOWN else ""
+        super().__init__(f"{n} problem{'s' if n > 1 else ''} in {where} (nothing was run):
+  "
+                         + "
+  ".join(problems[: self.SHOWN]) + more)
 
 
 def read_records(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:

@@ -58,10 +58,23 @@ def item_values(req: GenerationRequest, image_digest: str | None) -> dict:
     return out
 
 
-def settings_hash(run: dict, req: GenerationRequest, image_digest: str | None, _run_json: str | None = None) -> str:
-    run_json = _run_json if _run_json is not None else json.dumps(run, sort_keys=True, default=str)
-    item_json = json.dumps(item_values(req, image_digest), sort_keys=True, ensure_ascii=False, default=str)
-    return "sha256:" + hashlib.sha256(f"{run_json}\n{item_json}".encode()).hexdigest()[:32]
+_IMAGE_AT = _REQUEST_FIELDS.index("image") if "image" in _REQUEST_FIELDS else -1
+
+
+def _run_hasher(run: dict):
+    """sha256 primed with the run part and the request's field names (their order is the item part's layout)."""
+    return hashlib.sha256(json.dumps([run, _REQUEST_FIELDS], sort_keys=True, default=str).encode() + b"\n")
+
+
+def settings_hash(run: dict, req: GenerationRequest, image_digest: str | None, _base=None) -> str:
+    """sha256 over the run part and the item part (the request's values in field order; tuples as JSON lists, the
+    image as its digest). ~10 us per item: 100k rows hash in about a second."""
+    h = (_base or _run_hasher(run)).copy()
+    values = [getattr(req, n) for n in _REQUEST_FIELDS]
+    if _IMAGE_AT >= 0:
+        values[_IMAGE_AT] = image_digest if req.image is not None else None
+    h.update(json.dumps(values, ensure_ascii=False, default=str).encode())
+    return "sha256:" + h.hexdigest()[:32]
 
 
 def _shown(v):
@@ -91,11 +104,11 @@ def changed_fields(old: dict | None, new: dict) -> list[str]:
     """Names whose recorded values differ (a field only one side has counts as changed)."""
     if not isinstance(old, dict):
         return ["settings (not recorded: made by an older wan-dist or the sidecar is unreadable)"]
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return diff or ["settings (the hash differs, the recorded fields do not: a value recorded as a digest)"]
 
 
 def attach(items: list, run: dict) -> list:
     """The items with their settings hash (computed once per run, on the main rank)."""
-    run_json = json.dumps(run, sort_keys=True, default=str)
-    return [dataclasses.replace(it, settings=settings_hash(run, it.request, it.image_digest, run_json))
-            for it in items]
+    base = _run_hasher(run)
+    return [dataclasses.replace(it, settings=settings_hash(run, it.request, it.image_digest, base)) for it in items]

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from ..config import MAX_SEED, RunConfig, check_value
-from ..models.registry import NATIVE_NEGATIVE_PROMPT, ModelSpec
+from ..models.registry import NATIVE_NEGATIVE_PROMPT, ModelSpec, get_model
 from .schedule import cfg_plan, expert_plan, timesteps_for
 from .sizes import check_frame_num, check_size, image_output_size, parse_size
 
@@ -82,6 +82,20 @@ def _expert_steps(solver: str, steps: int, shift: float, boundary: float | None)
     return sum(e in ("low", "single") for e in experts), sum(e == "high" for e in experts)
 
 
+@functools.lru_cache(maxsize=4096)
+def _size_rule(model: str, value, field: str, sizes: tuple) -> tuple[int, int]:
+    """A size string checked once per (model, value): a manifest repeats a handful of sizes."""
+    size = parse_size(value, field)
+    check_size(get_model(model), size, field, sizes)
+    return size
+
+
+@functools.lru_cache(maxsize=4096)
+def _frames_rule(model: str, n: int, field: str) -> tuple[int, str | None]:
+    check_value("frame_num", n, field)
+    return check_frame_num(get_model(model), n, field)
+
+
 def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
                   image_size: tuple[int, int] | None = None, image_label: str | None = None) -> GenerationRequest:
     """`row` holds already-typed values (ints/floats/strs) for the manifest columns that were given; `image_size`:
@@ -94,12 +108,10 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
         raise ValueError(f"prompt={prompt!r}: must be a non-empty string")
     warnings = []
     size_str, f_size = _value(row, "size", cfg)
-    size = parse_size(size_str, f_size)
-    check_size(spec, size, f_size, m.sizes)
+    size = _size_rule(spec.name, size_str, f_size, tuple(m.sizes))
     frames_req, f_frames = _value(row, "frame_num", cfg)
     frames_req = int(frames_req)
-    check_value("frame_num", frames_req, f_frames)
-    frames, warn = check_frame_num(spec, frames_req, f_frames)
+    frames, warn = _frames_rule(spec.name, frames_req, f_frames)
     if warn:
         warnings.append(warn)
     steps, f_steps = _value(row, "steps", cfg)

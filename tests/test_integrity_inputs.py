@@ -132,6 +132,8 @@ TRICKY = {
     "crlf": "a quoted\r\nline break",
     "big": "x" * 200_000,                          # over the csv module's default cell limit (131072)
     TOKEN_ID: "an id shaped like a secret",
+    "ls.mp4.1a2b3c4d": "an id shaped like another id's temp file",
+    ".nel.json.tmp-4242": "an id shaped like an old-style temp file",
 }
 
 
@@ -179,8 +181,10 @@ def test_tricky_rows_each_become_one_video_and_resume_recognises_them(tmp_path, 
     assert sidecar(out, "json-ls")["prompt"] == "raw \u2028 inside a JSON string"
     # a rerun recognises every id (the token-shaped one too): nothing redone
     rc, err, loaded = run(overrides(tiny_ckpt("tiny-t2v"), out, m, "sample.steps=1"), capsys)
-    assert rc == 0 and "0 done, 6 skipped (already complete), 0 failed" in err, err
-    assert len(ok_records(out)) == 7
+    assert rc == 0 and "0 done, 8 skipped (already complete), 0 failed" in err, err
+    assert len(ok_records(out)) == 9
+    for item_id in TRICKY:                                        # nothing taken for a stale temp file
+        assert (out / "videos" / f"{item_id}.mp4").is_file() and (out / "videos" / f"{item_id}.json").is_file()
 
 
 @pytest.mark.parametrize("n,frames,reason", [(1, 5, "one frame is an image, not a video"),

@@ -7,7 +7,10 @@ the decision over the replica (`ctx.replica_share`); item success goes through `
 one replica make one video together). Replicas are not in lock-step with each other: a stop request travels through
 `ctx.announce_stop` / `ctx.stop_announced` (non-blocking) and is agreed inside the replica at each safe point.
 Ids another writer holds are revisited after the replica's own candidates until they are done (by whoever holds
-them) or claimable: a run that ends with exit 0 leaves its whole share complete.
+them) or claimable: a run that ends with exit 0 leaves its whole share complete. An id the runner would skip (done,
+or failed before) whose recorded settings hash is not this run's is never skipped silently: batch.on_change redo runs
+it again, keep skips it and counts it, stop (the worker already refused ids known before the run) leaves it and counts
+it as a conflict (exit 2).
 
 TEST HOOKS (environment variables, read per item; never set them in production):
   WAN_DIST_TEST_INJECT_NAN=<id>[,<id>...]   the generator makes that item's latents NaN after denoising

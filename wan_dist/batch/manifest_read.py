@@ -32,12 +32,9 @@ class ManifestError(ValueError):
     def __init__(self, problems: list[str], where: str = "the manifest"):
         self.problems = problems
         n = len(problems)
-        more = f"
-  ... and {n - self.SHOWN} more problems" if n > self.SHOWN else ""
-        super().__init__(f"{n} problem{'s' if n > 1 else ''} in {where} (nothing was run):
-  "
-                         + "
-  ".join(problems[: self.SHOWN]) + more)
+        more = f"\n  ... and {n - self.SHOWN} more problems" if n > self.SHOWN else ""
+        super().__init__(f"{n} problem{'s' if n > 1 else ''} in {where} (nothing was run):\n  "
+                         + "\n  ".join(problems[: self.SHOWN]) + more)
 
 
 def read_records(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:

@@ -40,7 +40,7 @@ PARTIAL = ".partial"
 HISTORY = "config.history"
 # what wan-dist creates in out_dir, and of which kind: a symlink (or the wrong kind) there is refused before any write
 MANAGED = {"videos": "dir", "ledger": "dir", "claims": "dir", PARTIAL: "dir", HISTORY: "dir", "wandb": "dir",
-           "results.jsonl": "file", "config.yaml": "file"}
+           "inputs": "dir", "results.jsonl": "file", "config.yaml": "file"}   # inputs/: the UI's uploaded images
 SCANNED = ("videos", "ledger", "claims")      # directories whose entries must not be symlinks either
 # errors that mean "out_dir cannot take data" (exit 74), whatever was being written
 UNWRITABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}

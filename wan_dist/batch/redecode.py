@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .extras import load_latents
-
 
 def decode_latents(latents_path, ckpt_dir, *, model: str | None = None, device: str = "cpu",
                    vae_dtype: str = "fp32"):
@@ -22,6 +20,7 @@ def decode_latents(latents_path, ckpt_dir, *, model: str | None = None, device: 
     from ..models.loading import LoadStats, load_pth
     from ..models.registry import get_model
     from ..pipeline import vae as vae_ops
+    from .extras import load_latents      # torch: not at import, `wan-dist` builds every subcommand's parser at start
     latents, meta = load_latents(latents_path)
     name = model or meta.get("model")
     if not name:

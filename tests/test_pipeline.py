@@ -37,9 +37,9 @@ def _count_forwards(monkeypatch):
     calls = []
     real = dn.dit_forward
 
-    def counting(model, x, t, context):
+    def counting(model, x, t, context, *rest):
         calls.append(context)
-        return real(model, x, t, context)
+        return real(model, x, t, context, *rest)
     monkeypatch.setattr(dn, "dit_forward", counting)
     return calls
 

@@ -21,6 +21,8 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
 UI_LANGS = ("zh", "en")
 ON_CHANGE = ("stop", "redo", "keep")
+CACHE_METHODS = ("none", "first_block", "mag", "taylorseer")
+COMPILE_MODES = ("none", "regional")
 
 
 def _doc(text: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING, *, video: bool = True):
@@ -67,6 +69,24 @@ class SampleConfig:
                                    "(of the whole run for single-expert models)", 0)
     cfg_truncate_high_noise_steps: int = _doc("skip the unconditional pass in the last M high-noise steps "
                                               "before the expert switch (MoE only)", 0)
+    cfg_batch: bool = _doc("run the conditional and unconditional passes of a step as one batch-2 DiT forward "
+                           "(not with parallel.cfg=2)", False)
+    cache: str = _doc("step caching per expert with diffusers' hooks: none, first_block (skip blocks 1.. when block "
+                      "0's residual barely changed; not under Ulysses/ring), mag (MagCache, needs "
+                      "cache_mag_ratios) or taylorseer (whole blocks predicted by a Taylor series); manifest column "
+                      "`cache`", "none")
+    cache_threshold: Optional[float] = _doc("first_block: relative change of block 0's residual below which the "
+                                            "other blocks are skipped (default 0.05); mag: accumulated error "
+                                            "allowed (default 0.06); manifest column `cache_threshold`", None)
+    cache_max_skip_steps: Optional[int] = _doc("mag: consecutive steps that may be skipped (default 3)", None)
+    cache_interval: Optional[int] = _doc("taylorseer: one full compute every N steps, predicted in between "
+                                         "(default 5)", None)
+    cache_warmup_steps: Optional[int] = _doc("mag, taylorseer: the first N steps of each expert are always computed "
+                                             "(default: 20% of the expert's steps for mag, 3 for taylorseer)", None)
+    cache_mag_ratios: Optional[str] = _doc("mag: JSON file of per-expert magnitude ratios, e.g. the sidecar of a "
+                                           "video made with cache_calibrate=true", None)
+    cache_calibrate: bool = _doc("measure MagCache's per-step magnitude ratios of each expert (cache none) and record "
+                                 "them in the sidecar as cache.mag_ratios", False)
 
 
 @dataclass(frozen=True)
@@ -75,7 +95,8 @@ class ParallelConfig:
     dp: int = _doc("data-parallel replicas; -1 = whatever the world size leaves", -1)
     cfg: int = _doc("1, or 2 to run cond and uncond passes on two halves of a replica", 1)
     ulysses: int = _doc("Ulysses sequence-parallel degree (must divide the head count)", 1)
-    ring: int = _doc("ring-attention degree (GPU attention backends returning LSE only)", 1)
+    ring: int = _doc("ring-attention degree (needs an attention backend returning the log-sum-exp: "
+                     "attention_backend=auto picks one on GPU and on CPU)", 1)
     fsdp: bool = _doc("shard the DiT(s) with FSDP2 inside a replica", False)
     t5_fsdp: bool = _doc("shard the T5 encoder with FSDP2 inside a replica", False)
     backend: str = _doc("torch.distributed backend: auto (nccl on GPU, gloo on CPU), nccl or gloo", "auto")
@@ -152,6 +173,13 @@ class RunConfig:
     vae_dtype: str = _doc("VAE dtype (the native code runs it in fp32)", "fp32")
     offload_model: bool = _doc("keep the idle expert and T5 off the device between uses", False)
     t5_cpu: bool = _doc("run the T5 encoder on CPU", False)
+    compile: str = _doc("none, or regional: torch.compile each transformer block once at load time (its own "
+                        "`compile` stage, with one warm-up forward per expert); with a step cache in the run the "
+                        "blocks' attn1/attn2/ffn are compiled (the cache hooks sit on the blocks)", "none")
+    attention_backend: str = _doc("diffusers attention backend of the DiT: auto (native; under parallel.ring an LSE "
+                                  "backend: _native_cudnn on GPU, wan_dist_cpu_flash_lse on CPU) or a backend name "
+                                  "(native, flex, _native_cudnn, _native_flash, flash, sage, ...), checked against "
+                                  "what is installed and the device", "auto")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,6 +306,11 @@ VALUE_RULES = {
     "seed": _seed,
     "solver": lambda field, v: _choice(field, v, SOLVERS),
     "fps": _range(1, 1000, " (frames per second of the mp4)"),
+    "cache": lambda field, v: _choice(field, v, CACHE_METHODS),
+    "cache_threshold": _at_least(0.0),
+    "cache_max_skip_steps": _at_least(1),
+    "cache_interval": _at_least(1),
+    "cache_warmup_steps": _at_least(0),
 }
 
 
@@ -300,6 +333,17 @@ def validate(cfg: RunConfig, rows: bool = True) -> None:
     _choice("t5_dtype", cfg.t5_dtype, DTYPE_NAMES)
     _choice("vae_dtype", cfg.vae_dtype, DTYPE_NAMES[1:])
     _choice("work.source", cfg.work.source, WORK_SOURCES)
+    _choice("compile", cfg.compile, COMPILE_MODES)
+    if cfg.sample.cache == "mag" and cfg.sample.cache_mag_ratios is None:
+        raise ValueError("sample.cache='mag': MagCache needs per-expert magnitude ratios of this model: set "
+                         "sample.cache_mag_ratios=<json> (make one with sample.cache_calibrate=true: the sidecar "
+                         "records them)")
+    if cfg.sample.cache_calibrate and cfg.sample.cache != "none":
+        raise ValueError(f"sample.cache_calibrate=true: measures the uncached run; it needs sample.cache=none, not "
+                         f"{cfg.sample.cache!r}")
+    if cfg.sample.cfg_batch and cfg.parallel.cfg == 2:
+        raise ValueError("sample.cfg_batch=true: with parallel.cfg=2 the two passes already run on two halves of the "
+                         "replica; use one of them")
     if cfg.output.frames is not None:
         _choice("output.frames", cfg.output.frames, ("png",))
     if not 0 <= cfg.output.crf <= 51:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import config as config_mod
 from .batch import changes as changes_mod
@@ -37,7 +37,13 @@ from .observability.logs import setup_logging
 from .observability.progress import Progress
 from .observability.run_info import versions
 from .observability.sinks import make_sink
+from .models.attention import apply_backend, resolve_backend
+from .observability.timer import sync
+from .pipeline.cache import CacheSetting, StepCache, load_mag_ratios
+from .pipeline.compile import compile_dits, warm_up
 from .pipeline.generator import WanGenerator
+from .pipeline.schedule import expert_plan, timesteps_for
+from .pipeline.sizes import correct_frame_num, parse_size
 
 log = logging.getLogger("wan_dist")
 
@@ -51,6 +57,8 @@ class Engine:
     load_seconds: dict
     checkpoint_dtype: dict
     placement: object
+    compile_s: float = 0.0      # compile + warm-up forwards (compile=regional), replica max
+    speed: dict | None = None   # attention backend, compile targets, cfg_batch (run info)
 
 
 def user_error(ctx: RunContext, e: ValueError) -> ExitCode:
@@ -92,7 +100,7 @@ def prepare_batch(cfg, ctx: RunContext, layout=None) -> tuple[list, dict]:
 
     items, run = ctx.share_from_main(on_main)
     if layout is not None and layout.sp > 1:
-        check_items([it.request for it in items], spec, layout, cfg.model.sizes)
+        check_items([it.request for it in items], spec, layout, cfg.model.sizes, cfg.sample.cache)
     return items, run
 
 
@@ -106,17 +114,71 @@ def open_out_dir(out: OutputDir, doc: dict) -> tuple[str, str]:
     return "ok", out.writer
 
 
-def build_engine(cfg, ctx: RunContext) -> Engine:
+def build_engine(cfg, ctx: RunContext, items=(), cache_base=None) -> Engine:
     spec = get_model(cfg.model.name)
     place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
                       t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
     fmt = checkpoint.detect_format(cfg.ckpt_dir)
     t0 = time.perf_counter()
     models = load_models(spec, cfg.ckpt_dir, place, ckpt_format=fmt, shard_dit=dit_shard_fn(ctx.mesh))
-    par = parallelize(models, ctx.mesh, vae_parallel=cfg.parallel.vae_parallel)
+    speed = prepare_speed(cfg, ctx, spec, models, place, cache_base)        # backend, cache hooks: before CP
+    par = parallelize(models, ctx.mesh, vae_parallel=cfg.parallel.vae_parallel, cfg_batch=cfg.sample.cfg_batch)
     load_s, load_seconds = reduce_load(ctx, time.perf_counter() - t0, models.stats.seconds)  # replica max
-    gen = WanGenerator(models, place, boundary=cfg.model.boundary, guidance_exec=par.guidance, decode_fn=par.decode)
-    return Engine(gen, par, load_s, load_seconds, models.stats.checkpoint_dtype, place)
+    compile_s = compile_models(cfg, ctx, spec, models, place, speed, items)
+    gen = WanGenerator(models, place, boundary=cfg.model.boundary, guidance_exec=par.guidance, decode_fn=par.decode,
+                       step_cache=speed.pop("_step_cache"), cache_base=cache_base)
+    return Engine(gen, par, load_s, load_seconds, models.stats.checkpoint_dtype, place, compile_s, speed)
+
+
+def prepare_speed(cfg, ctx, spec, models, place, cache_base) -> dict:
+    """Attention backend on every DiT and, under Ulysses/ring, the run's step-cache hooks: both must be in place
+    before diffusers' context parallelism is enabled (its split hook on blocks.0 must wrap the cache hooks)."""
+    lay = ctx.mesh.layout if ctx.mesh is not None else None
+    ulysses, ring = (lay.ulysses, lay.ring) if lay else (1, 1)
+    backend = resolve_backend(cfg.attention_backend, place.device, ulysses=ulysses, ring=ring)
+    for dit in models.dits.values():
+        apply_backend(dit, backend)
+    pinned = lay is not None and lay.sp > 1
+    step_cache = StepCache(models.dits, pinned=pinned, calibrate=cfg.sample.cache_calibrate)
+    if pinned and cfg.sample.cache != "none":
+        step_cache.install(replace(cache_base, method=cfg.sample.cache, threshold=cfg.sample.cache_threshold),
+                           default_experts(cfg))
+    return {"attention_backend": backend, "cfg_batch": cfg.sample.cfg_batch, "compile": cfg.compile,
+            "_step_cache": step_cache}
+
+
+def compile_models(cfg, ctx, spec, models, place, speed: dict, items) -> float:
+    """compile=regional: mark the blocks and run the warm-up forwards (where compiling happens); replica max."""
+    if cfg.compile == "none":
+        return 0.0
+    with_cache = cfg.sample.cache != "none" or any(it.request.cache != "none" for it in items)
+    t0 = time.perf_counter()
+    speed["compile_targets"] = compile_dits(models.dits, with_cache)
+    size = parse_size(cfg.sample.size or cfg.model.size, "sample.size")
+    frames, _ = correct_frame_num(cfg.sample.frame_num if cfg.sample.frame_num is not None else cfg.model.frame_num)
+    warm_up(models.dits, spec, size=size, frame_num=frames, device=place.device, dtype=place.dtype,
+            batches=(1, 2) if cfg.sample.cfg_batch else (1,))
+    sync(place.device)
+    compile_s, _ = reduce_load(ctx, time.perf_counter() - t0, {})
+    if ctx.is_main:
+        log.info("compiled (%s) in %.2fs, warm-up forwards included", speed["compile_targets"], compile_s)
+    return compile_s
+
+
+def cache_settings(cfg, spec) -> CacheSetting:
+    """The run-wide step-cache parameters (method and threshold come per row); reads sample.cache_mag_ratios."""
+    s = cfg.sample
+    ratios = ()
+    if s.cache_mag_ratios is not None:
+        ratios = load_mag_ratios(s.cache_mag_ratios, ("high", "low") if spec.is_moe else ("single",))
+    return CacheSetting(max_skip_steps=s.cache_max_skip_steps, interval=s.cache_interval,
+                        warmup_steps=s.cache_warmup_steps, mag_ratios=ratios)
+
+
+def default_experts(cfg) -> list[str]:
+    """The expert of each step of the run's default request (sample.* over model.*)."""
+    s, m = cfg.sample, cfg.model
+    return expert_plan(timesteps_for(s.solver, s.steps or m.steps, s.shift or m.shift), m.boundary)
 
 
 def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, layout=None,
@@ -136,6 +198,7 @@ def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, l
 def _run(cfg, ctx, work, stop, layout) -> ExitCode:
     try:
         items, run_settings = prepare_batch(cfg, ctx, layout)
+        cache_base = cache_settings(cfg, get_model(cfg.model.name))
         out = OutputDir(cfg.out_dir, claim_timeout_s=cfg.batch.claim_timeout_s)
         doc = {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
                "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
@@ -147,7 +210,7 @@ def _run(cfg, ctx, work, stop, layout) -> ExitCode:
         if ctx.is_main:
             print(f"error: {run_id}", file=sys.stderr, flush=True)
         return ExitCode.IOERR
-    engine = build_engine(cfg, ctx)
+    engine = build_engine(cfg, ctx, items, cache_base)
     spec = get_model(cfg.model.name)
     progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
     engine.generator.on_step = progress.step
@@ -155,11 +218,12 @@ def _run(cfg, ctx, work, stop, layout) -> ExitCode:
     sink.log_config(config_mod.to_dict(cfg))
     run_info = {"run_id": run_id, "model_load_s": round(engine.model_load_s, 6), "load_seconds": engine.load_seconds,
                 "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
-                "ckpt_dir": str(cfg.ckpt_dir)}
+                "ckpt_dir": str(cfg.ckpt_dir), "compile_s": round(engine.compile_s, 6), **engine.speed}
     layout_info = {**ctx.describe(), **engine.parallel.describe()}
     runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
                          model_load_s=engine.model_load_s, run_info=run_info, layout=layout_info, sink=sink,
-                         progress=progress, stop=stop, run_settings=run_settings)
+                         progress=progress, stop=stop, run_settings=run_settings,
+                         compile_s=engine.compile_s)
     if ctx.is_main:
         log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest, work source %s", spec.name,
                  engine.model_load_s, run_info["dtype"], run_info["device"], len(items), work.name)

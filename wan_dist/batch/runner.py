@@ -156,10 +156,11 @@ class BatchRunner:
 
     def __init__(self, *, cfg, spec, generator, out: OutputDir, ctx, work, model_load_s: float, run_info: dict,
                  layout: dict, sink=None, progress=None, stop: StopFlag | None = None,
-                 run_settings: dict | None = None):
+                 run_settings: dict | None = None, compile_s: float = 0.0):
         self.cfg, self.spec, self.gen, self.out, self.ctx, self.work = cfg, spec, generator, out, ctx, work
         self.run_settings = run_settings or {}   # the run part of every item's settings (batch/settings.py)
         self.model_load_s = model_load_s
+        self.compile_s = compile_s
         self.run_info = run_info
         self.layout = layout
         self.sink = sink
@@ -438,8 +439,9 @@ class BatchRunner:
                                              lossless=cfg.output.lossless, crf=cfg.output.crf)
             _test_hook_kill(req.id, "after_mp4")
             timings = timer.as_dict()
-            if not self._load_charged:  # the first video this process makes carries the one-time model load
+            if not self._load_charged:  # the first video this process makes carries the one-time load + compile
                 timings["model_load"] = self.model_load_s
+                timings["compile"] = self.compile_s
                 self._load_charged = True
             timings["total"] = item_total(timings, time.perf_counter() - t0)
             sidecar = build_sidecar(result, model=self.spec.name, fps=cfg.model.fps, is_moe=self.spec.is_moe,

@@ -34,6 +34,8 @@ def build_sidecar(result: GenerationResult, *, model: str, fps: int, is_moe: boo
         "cfg_truncate_high_noise_steps": req.cfg_truncate_high_noise_steps,
         "image": req.image, "model": model,
         "forwards": dn.forwards,
+        # DiT invocations per expert (a batch-2 CFG call is one) and, with a step cache, blocks computed / skipped
+        "cache": dn.cache,
         "expert_steps": ({"high": expert_steps.get("high", 0), "low": expert_steps.get("low", 0)} if is_moe
                          else {"single": expert_steps.get("single", 0)}),
         "expert_switches": dn.expert_switches,

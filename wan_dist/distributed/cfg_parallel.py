@@ -30,7 +30,8 @@ class CFGParallelGuidance:
                  do_cfg: bool) -> torch.Tensor:
         if do_cfg:
             embeds = prompt_embeds if self.cfg_rank == 0 else negative_prompt_embeds
-            mine = dit_forward(model, x, t, embeds)                                             # [z, T, h, w]
+            # each half keeps the step-cache state of its own pass, as one process keeps both (pipeline/cache.py)
+            mine = dit_forward(model, x, t, embeds, "cond" if self.cfg_rank == 0 else "uncond")  # [z, T, h, w]
             both = torch.empty((2 * mine.shape[0], *mine.shape[1:]), dtype=mine.dtype, device=mine.device)
             dist.all_gather_into_tensor(both, mine.contiguous(), group=self.group)               # axis: cfg
             both = both.view(2, *mine.shape)                                                     # [2, z, T, h, w]
@@ -39,7 +40,9 @@ class CFGParallelGuidance:
         self.idle_steps += 1
         if self.cfg_rank == 0 or self.shadow:
             # contiguous: the DiT's unpatchify returns a permuted view, and gloo broadcasts raw storage
-            v = dit_forward(model, x, t, prompt_embeds).contiguous()                            # [z, T, h, w]
+            # the idle half's shadow forward is discarded: its cache state is kept apart from the real passes
+            ctx = "cond" if self.cfg_rank == 0 else "shadow"
+            v = dit_forward(model, x, t, prompt_embeds, ctx).contiguous()                       # [z, T, h, w]
         else:   # the idle half: receive v_cond, same shape as the cond half's prediction
             v = torch.empty((model.config.out_channels, *x.shape[2:]), dtype=torch.float32, device=x.device)
         dist.broadcast(v, group=self.group, group_src=0)                                       # axis: cfg

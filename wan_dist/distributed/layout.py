@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models.attention import resolve_backend
 from ..models.device import resolve_device
 from ..models.registry import get_model
 from ..pipeline.sizes import correct_frame_num, parse_size, token_count
-
-# diffusers attention backends whose kernels return the log-sum-exp that ring attention needs (all GPU-only)
-LSE_BACKENDS = ("flash", "_native_flash", "_native_cudnn", "sage")
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -89,9 +86,28 @@ def check_tokens(spec, size: tuple[int, int], frame_num: int, sp: int, field: st
                          f"{sp} to split the sequence evenly{hint}")
 
 
-def attention_backend_for(cfg) -> str:
-    """The backend the DiT attention runs with: native SDPA on CPU (no LSE); GPU runs may pick an LSE kernel."""
-    return "_native_cudnn" if resolve_device(cfg.device).type == "cuda" else "native"
+def check_speed(cfg, lay: Layout) -> None:
+    """Attention backend against device and layout; step-cache and CFG-batch rules that depend on the layout."""
+    resolve_backend(cfg.attention_backend, resolve_device(cfg.device), ulysses=lay.ulysses, ring=lay.ring)
+    if lay.sp > 1:
+        check_cache_method(cfg.sample.cache, cfg.sample.cache, lay, "sample.cache")
+
+
+def check_cache_method(method: str, run_method: str, lay: Layout, field: str) -> None:
+    """Under Ulysses/ring every rank of a replica must take the same skip decision, or the all-to-alls of a block one
+    rank computes and another skips never match (a hang). FirstBlockCache decides from each rank's own share of the
+    activations, so it is refused there; MagCache and TaylorSeer decide from the step schedule, identical on every
+    rank. Their block hooks are installed once, inside the context-parallel split, so the method is fixed per run."""
+    if lay.sp == 1:
+        return
+    if method == "first_block":
+        raise ValueError(f"{field}='first_block': under parallel.ulysses={lay.ulysses} x parallel.ring={lay.ring} "
+                         "each rank holds a share of the tokens and FirstBlockCache would decide per rank from its "
+                         "own share (ranks disagree and hang); use mag or taylorseer, which decide by the step "
+                         "schedule, or parallel.cfg/dp")
+    if method != run_method:
+        raise ValueError(f"{field}={method!r}: under parallel.ulysses/ring the step-cache method is fixed per run "
+                         f"(sample.cache={run_method!r}); its hooks are installed once, inside the sequence split")
 
 
 def check_layout(cfg, world_size: int) -> Layout:
@@ -106,10 +122,7 @@ def check_layout(cfg, world_size: int) -> Layout:
     if spec.num_heads % lay.ulysses:
         raise ValueError(f"parallel.ulysses={lay.ulysses}: must divide the head count of {spec.name} "
                          f"({spec.num_heads})")
-    if lay.ring > 1 and attention_backend_for(cfg) not in LSE_BACKENDS:
-        raise ValueError(f"parallel.ring={lay.ring}: ring attention needs an attention backend that returns LSE "
-                         f"({', '.join(LSE_BACKENDS)}; GPU only); this run uses '{attention_backend_for(cfg)}' on "
-                         f"device={cfg.device}. Use parallel.ulysses instead")
+    check_speed(cfg, lay)
     if lay.cfg == 2 and not guidance_on(cfg):
         raise ValueError(f"parallel.cfg={lay.cfg}: CFG-parallel needs guidance on (a guide scale > 1.0); with "
                          "guidance off there is no unconditional pass to run on the other half")
@@ -120,8 +133,10 @@ def check_layout(cfg, world_size: int) -> Layout:
     return lay
 
 
-def check_items(requests, spec, lay: Layout, sizes=()) -> None:
-    """Per-row check for manifests that override size or frame_num (image-sized rows are checked by the model)."""
+def check_items(requests, spec, lay: Layout, sizes=(), run_cache: str = "none") -> None:
+    """Per-row check for manifests that override size, frame_num (image-sized rows are checked by the model) or the
+    step-cache method."""
     for req in requests:
         if req.image is None:
             check_tokens(spec, tuple(req.size), req.frame_num, lay.sp, f"manifest row {req.id} size", sizes)
+        check_cache_method(req.cache, run_cache, lay, f"manifest row {req.id} cache")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..pipeline import vae as vae_ops
+from ..pipeline.cfg_batch import BatchedGuidance
 from ..pipeline.denoise import SequentialGuidance
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,15 @@ def dit_shard_fn(mesh):
     return partial(shard_dit, mesh=mesh.replica)
 
 
-def parallelize(models, mesh=None, *, vae_parallel: bool = True) -> Parallelized:
+def parallelize(models, mesh=None, *, vae_parallel: bool = True, cfg_batch: bool = False) -> Parallelized:
+    """cfg_batch: cond + uncond as one batch-2 forward (pipeline/cfg_batch.py) wherever the two passes would run in
+    one process (not with cfg=2, which config.validate refuses)."""
     if mesh is None:
-        par = Parallelized(SequentialGuidance(), vae_ops.decode, {"fsdp": False})
+        par = Parallelized(BatchedGuidance() if cfg_batch else SequentialGuidance(), vae_ops.decode, {"fsdp": False})
     else:
         par = _parallelize_replica(models, mesh, vae_parallel)
+        if cfg_batch and mesh.layout.cfg == 1:
+            par.guidance = BatchedGuidance()
     if os.environ.get(DUMP_ENV):
         par.decode = DumpDecode(par.decode, os.environ[DUMP_ENV], par)
     return par

@@ -4,10 +4,11 @@ per-rank times, and the timing rule the sidecars obey.
 Timing rule (every sidecar, seconds):
   * every stage >= 0; `expert_switch` <= `denoise` (the switches happen inside the denoising loop);
   * `model_load` is the one-time load, charged only to the first video a process makes (0 on the others);
-    the run's load is in `run.model_load_s` and per component in `run.load_seconds`;
+    the run's load is in `run.model_load_s` and per component in `run.load_seconds`; `compile` (compile=regional:
+    compiling + warm-up forwards at load time, `run.compile_s`) is charged the same way;
   * `inference_s` = text_encode + latents + denoise + vae_decode (pure inference: no load, no save);
-  * `total` >= model_load + text_encode + latents + denoise + vae_decode + save (expert_switch is NOT added again);
-    single-process it is the item's wall clock (plus model_load on the first video);
+  * `total` >= model_load + compile + text_encode + latents + denoise + vae_decode + save (expert_switch is NOT
+    added again); single-process it is the item's wall clock (plus model_load and compile on the first video);
   * `frames_per_second` = frames / inference_s.
 With several ranks per replica each stage (and each denoising step) is the max over the replica's ranks
 (`ctx.replica_max`), and `total` is the slowest rank's wall, never less than the sum of the reduced stages.
@@ -46,8 +47,9 @@ def reduce_item_times(ctx, timer, denoise, t0: float) -> float:
 
 
 def item_total(timings: dict, elapsed: float) -> float:
-    """`total` of one item: its wall clock (+ model_load when charged), at least the sum of its stages."""
-    return max(elapsed + float(timings.get("model_load", 0.0)), stage_sum(timings))
+    """`total` of one item: its wall clock (+ model_load and compile when charged), at least the sum of its stages."""
+    return max(elapsed + float(timings.get("model_load", 0.0)) + float(timings.get("compile", 0.0)),
+               stage_sum(timings))
 
 
 def reduce_load(ctx, model_load_s: float, component_seconds: dict) -> tuple[float, dict]:

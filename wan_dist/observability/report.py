@@ -29,9 +29,9 @@ VIDEO_COLUMNS = (["setting", "id", "seed", "prompt"] + list(SETTING_KEYS) + ["fr
                  + [f"{s}_s" for s in STAGES] + ["inference_s", "frames_per_second", "expert_switches",
                                                  "peak_memory_mib", "peak_memory_kind"])
 STAGE_COLUMNS = ["stage", "videos", "total_s", "mean_s", "min_s", "max_s"]
-LABELS = {"model_load": "model load", "text_encode": "text encode", "latents": "latents", "denoise": "denoise",
-          "expert_switch": "expert switch", "vae_decode": "VAE decode", "save": "save", "total": "total",
-          "inference": "pure inference"}
+LABELS = {"model_load": "model load", "compile": "compile", "text_encode": "text encode", "latents": "latents",
+          "denoise": "denoise", "expert_switch": "expert switch", "vae_decode": "VAE decode", "save": "save",
+          "total": "total", "inference": "pure inference"}
 
 
 def find_sidecars(out_dir) -> list[tuple[str, Path]]:
@@ -87,7 +87,7 @@ def stage_rows(sidecars: list[dict]) -> list[dict]:
     for s in STAGES + ("inference",):
         vals = [float(sc.get("inference_s") or 0.0) if s == "inference" else float(sc["timings"].get(s, 0.0))
                 for sc in sidecars]
-        if s == "model_load":  # charged to the first video of each process only: count the loads, not the videos
+        if s in ("model_load", "compile"):  # charged to the first video of each process: count those, not videos
             vals = [v for v in vals if v > 0] or [0.0]
         rows.append({"stage": s, "videos": len(vals) if sidecars else 0, "total_s": round(sum(vals), 6),
                      "mean_s": round(sum(vals) / len(vals), 6) if vals else 0.0,
@@ -137,7 +137,7 @@ def _label(sc) -> str:
 
 def plot_stage_breakdown(sidecars, path: Path) -> None:
     import matplotlib.pyplot as plt
-    parts = [("model_load", "#9e9e9e"), ("text_encode", "#4e79a7"), ("latents", "#76b7b2"),
+    parts = [("model_load", "#9e9e9e"), ("compile", "#bab0ac"), ("text_encode", "#4e79a7"), ("latents", "#76b7b2"),
              ("denoise_only", "#f28e2b"), ("expert_switch", "#e15759"), ("vae_decode", "#59a14f"),
              ("save", "#b07aa1")]
     labels = [_label(sc) for sc in sidecars]

@@ -13,12 +13,23 @@ from typing import Callable
 import torch
 
 from ..observability.timer import sync
+from .cache import cache_context
 from .latents import Conditioning
 
 
-def dit_forward(model, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+def dit_call(model, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+             context: str = "cond") -> torch.Tensor:
+    """[B, C, T, h, w] -> [B, z, T, h, w] float32. `context` names the pass (cond, uncond, cond_uncond, shadow) for the
+    step-cache hooks, which keep their state per name (pipeline/cache.py)."""
+    with cache_context(model, context):
+        out = model(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+    return out.float()
+
+
+def dit_forward(model, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                context: str = "cond") -> torch.Tensor:
     """[1, C, T, h, w] -> [z, T, h, w] float32."""
-    return model(hidden_states=x, timestep=t, encoder_hidden_states=prompt_embeds, return_dict=False)[0][0].float()
+    return dit_call(model, x, t, prompt_embeds, context)[0]
 
 
 class SequentialGuidance:
@@ -26,10 +37,10 @@ class SequentialGuidance:
 
     def __call__(self, model, x, t, prompt_embeds, negative_prompt_embeds, scale: float,
                  do_cfg: bool) -> torch.Tensor:
-        cond = dit_forward(model, x, t, prompt_embeds)
+        cond = dit_forward(model, x, t, prompt_embeds, "cond")
         if not do_cfg:
             return cond
-        uncond = dit_forward(model, x, t, negative_prompt_embeds)
+        uncond = dit_forward(model, x, t, negative_prompt_embeds, "uncond")
         return uncond + scale * (cond - uncond)
 
 
@@ -42,6 +53,7 @@ class DenoiseResult:
     per_step_s: list[float] = field(default_factory=list)
     expert_switches: int = 0
     expert_switch_s: float = 0.0
+    cache: dict | None = None          # pipeline.cache.CacheStats.as_dict(): method, blocks computed/skipped per expert
 
     @property
     def forwards(self) -> dict[str, int]:

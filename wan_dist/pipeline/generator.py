@@ -4,6 +4,7 @@ Stages: text_encode -> latents (noise + image conditioning) -> denoise (incl. ex
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from ..models.loading import LoadedModel
 from ..observability.timer import StageTimer
 from . import latents as latents_mod
 from . import vae as vae_ops
+from .cache import CacheSetting, StepCache
 from .denoise import DenoiseResult, denoise
 from .request import GenerationRequest, step_plan
 from .schedule import make_scheduler
@@ -37,7 +39,8 @@ class WanGenerator:
     single-device defaults when None); `boundary`: the MoE switch (conf model.boundary), None for one expert."""
 
     def __init__(self, loaded: LoadedModel, place, *, boundary: float | None = None, guidance_exec=None,
-                 decode_fn: Callable | None = None, check_finite: bool = True):
+                 decode_fn: Callable | None = None, check_finite: bool = True, step_cache: StepCache | None = None,
+                 cache_base: CacheSetting | None = None):
         self.m = loaded
         self.boundary = boundary
         self.spec = loaded.spec
@@ -46,6 +49,9 @@ class WanGenerator:
         self.guidance_exec = guidance_exec
         self.decode_fn = decode_fn or vae_ops.decode
         self.check_finite = check_finite
+        # step caching: the run-wide settings (method and threshold come per request); hooks live per expert
+        self.step_cache = step_cache or StepCache(loaded.dits)
+        self.cache_base = cache_base or CacheSetting()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.on_step: Callable[[int, int], None] | None = None
 
@@ -96,10 +102,17 @@ class WanGenerator:
                                        seed=req.seed, device=self.device, image=image)
         experts, cfg_on = step_plan(req, self.boundary)
         scheduler = make_scheduler(req.solver, req.steps, req.shift, device=self.device)
+        setting = dataclasses.replace(self.cache_base, method=req.cache, threshold=req.cache_threshold)
         with timer.stage("denoise"):
-            res = denoise(self.m.dits, cond, prompt_embeds, negative_prompt_embeds, scheduler, step_experts=experts,
-                          guidance=req.guidance(), cfg_on=cfg_on, dtype=self.dtype, device=self.device,
-                          activate=self._activate, guidance_exec=self.guidance_exec, on_step=self.on_step)
+            try:
+                self.step_cache.begin(setting, experts)
+                res = denoise(self.m.dits, cond, prompt_embeds, negative_prompt_embeds, scheduler,
+                              step_experts=experts, guidance=req.guidance(), cfg_on=cfg_on, dtype=self.dtype,
+                              device=self.device, activate=self._activate, guidance_exec=self.guidance_exec,
+                              on_step=self.on_step)
+            finally:
+                stats = self.step_cache.end()    # hook states reset after every video, also a failed one
+        res.cache = stats.as_dict()
         timer.add("expert_switch", res.expert_switch_s)
         if self.offload:
             for model in self.m.dits.values():

@@ -39,6 +39,8 @@ class GenerationRequest:
     cfg_truncate_high_noise_steps: int
     image: str | None = None                 # path of the conditioning image
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    cache: str = "none"                      # step caching method (pipeline/cache.py)
+    cache_threshold: float | None = None     # its threshold (None = the method's default)
 
     def guidance(self) -> dict[str, float]:
         return {"single": self.guide_scale, "low": self.guide_scale,
@@ -149,6 +151,16 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
         raise ValueError(f"image=None: {spec.name} needs a conditioning image")
     if image is not None and image_size is not None:
         image_output_size(spec, size, image_size, f"image={image_label or image!r}")
+    cache = str(_pick(row, "cache", s.cache))
+    check_value("cache", cache)
+    if cache == "mag" and s.cache_mag_ratios is None:
+        raise ValueError("cache='mag': MagCache needs sample.cache_mag_ratios=<json> (per-expert ratios; a sidecar of "
+                         "a run with sample.cache_calibrate=true holds them)")
+    if cache != "none" and s.cache_calibrate:
+        raise ValueError(f"cache={cache!r}: sample.cache_calibrate=true measures uncached videos only")
+    cache_threshold = _pick(row, "cache_threshold", s.cache_threshold)
+    cache_threshold = None if cache_threshold is None else float(cache_threshold)
+    check_value("cache_threshold", cache_threshold)
     neg = _pick(row, "negative_prompt", s.negative_prompt)
     seed = row.get("seed")
     seed = derive_seed(s.seed, item_id) if seed in (None, "") else int(seed)
@@ -158,7 +170,7 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
         seed=seed, size=size, frame_num_requested=frames_req, frame_num=frames, steps=steps, shift=shift,
         solver=solver, guide_scale=g_low, guide_scale_high=g_high, cfg_truncate_steps=trunc_low,
         cfg_truncate_high_noise_steps=trunc_high, image=None if image is None else str(image),
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), cache=cache, cache_threshold=cache_threshold)
 
 
 def step_plan(req: GenerationRequest, boundary: float | None):

@@ -31,7 +31,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..observability.figures import item_total, reduce_item_times
+from ..observability.figures import item_total, reduce_cache_counts, reduce_item_times
 from ..observability.timer import StageTimer
 from . import settings as settings_mod
 from .changes import describe_change, differs
@@ -397,6 +397,7 @@ class BatchRunner:
             return self._fail(it, summary, err or "another rank of this replica failed this item", changed)
         # every rank of the replica succeeded: stage/step times become the replica's (max over ranks; collective)
         t0 = reduce_item_times(self.ctx, timer, result.denoise, t0)
+        result.denoise.cache = reduce_cache_counts(self.ctx, result.denoise.cache)
         # 3. save (writer only)
         disk_full = lost = False
         if self.ctx.is_writer:

@@ -46,6 +46,29 @@ def reduce_item_times(ctx, timer, denoise, t0: float) -> float:
     return now - red["_elapsed"]
 
 
+def reduce_cache_counts(ctx, cache: dict | None) -> dict | None:
+    """Collective over the replica (every rank, after generate): the sidecar's step-cache counts become the replica's.
+
+    The ranks of one CFG half (Ulysses x ring) run the same forwards on shares of the tokens and must take the same
+    skip decisions: `replica_agree` says whether their counts were identical. The two halves of parallel.cfg=2 run
+    different passes, so the replica's counts are the sum over the halves (each half counted once)."""
+    if cache is None or ctx.replica_size == 1:
+        return cache
+    halves = int(ctx.degrees.get("cfg", 1))
+    mine = ctx.replica_rank // (ctx.replica_size // halves)     # mesh order (cfg, ring, ulysses): cfg outermost
+    keys = [(e, k) for e, c in sorted(cache["experts"].items()) for k in sorted(c)]
+    vals = {}
+    for h in range(halves):
+        for e, k in keys:
+            x = float(cache["experts"][e][k]) if h == mine else -1e18   # other halves' ranks do not count here
+            vals[f"{h}|{e}|{k}|max"], vals[f"{h}|{e}|{k}|negmin"] = x, (-x if h == mine else -1e18)
+    red = ctx.replica_max(vals)
+    agree = all(red[f"{h}|{e}|{k}|max"] == -red[f"{h}|{e}|{k}|negmin"] for h in range(halves) for e, k in keys)
+    experts = {e: {k: int(sum(red[f"{h}|{e}|{k}|max"] for h in range(halves))) for k in c}
+               for e, c in cache["experts"].items()}
+    return {**cache, "experts": experts, "replica_agree": agree}
+
+
 def item_total(timings: dict, elapsed: float) -> float:
     """`total` of one item: its wall clock (+ model_load and compile when charged), at least the sum of its stages."""
     return max(elapsed + float(timings.get("model_load", 0.0)) + float(timings.get("compile", 0.0)),

@@ -1,10 +1,14 @@
 """Distributed layouts on CPU/gloo, 2 processes (torchrun --standalone: a free port, never a fixed one).
 
-For each tiny model, the latents and decoded frames of fsdp (across the cfg halves), ulysses=2, cfg=2, dp=2 and
-fsdp+ulysses=2 equal the single-process result (max |d| <= 1e-5 in fp32 latents). All 20 runs share ONE torchrun
-launch (tests/dist_worker.py) to keep the start-up cost at ~5 s. Plus: uneven splits never hang (3 rows on 2
-replicas here, 1 row on 4 replicas in a 4-process launch), several writers keep results.jsonl whole, and a bad
-layout exits with code 2 before any process group exists.
+For each tiny model, the latents and decoded frames of fsdp (across the cfg halves), ulysses=2, ring=2 (the
+project's CPU log-sum-exp attention backend), cfg=2, dp=2 and fsdp+ulysses=2 equal the single-process result
+(max |d| <= 1e-5 in fp32 latents). The speed options under parallel layouts (tiny-t2v-moe): MagCache under
+Ulysses+FSDP, TaylorSeer under ring, FirstBlockCache under CFG-parallel, cfg_batch under Ulysses, each against the
+single-process run with the same setting: same latents, same blocks computed/skipped per expert, and the ranks of
+each sequence-parallel group agreed (sidecar cache.replica_agree). All these runs share ONE torchrun launch
+(tests/dist_worker.py) to keep the start-up cost at ~5 s; Ulysses x ring (USP, 4 processes) has its own launch.
+Plus: uneven splits never hang (3 rows on 2 replicas here, 1 row on 4 replicas in a 4-process launch), several
+writers keep results.jsonl whole, and a bad layout exits with code 2 before any process group exists.
 """
 from __future__ import annotations
 
@@ -25,7 +29,21 @@ LAYOUTS = {
     "cfg": ["parallel.cfg=2"],
     "dp": [],                                                   # dp=-1 -> 2 replicas
     "fsdp_ulysses": ["parallel.ulysses=2", "parallel.fsdp=true"],
+    "ring": ["parallel.ring=2"],
 }
+# speed options (tiny-t2v-moe, 6 steps): (the setting, the layout); the reference is one process with the setting
+CACHE_STEPS = 6
+SPEED = {
+    # FSDP re-classes the blocks (FSDPWanTransformerBlock): MagCache's block hooks must still find them
+    "ulysses_fsdp_mag": (["sample.cache=mag", "sample.cache_threshold=0.5", "sample.cache_max_skip_steps=2",
+                          "sample.cache_warmup_steps=1"], ["parallel.ulysses=2", "parallel.fsdp=true"]),
+    "ring_taylor": (["sample.cache=taylorseer", "sample.cache_interval=2", "sample.cache_warmup_steps=1"],
+                    ["parallel.ring=2"]),
+    # each CFG half keeps the state of its own pass, as one process keeps both
+    "cfg_fbc": (["sample.cache=first_block", "sample.cache_threshold=0.3"], ["parallel.cfg=2"]),
+    "ulysses_cfgbatch": (["sample.cfg_batch=true"], ["parallel.ulysses=2"]),
+}
+USP = {"usp": [], "usp_taylor": SPEED["ring_taylor"][0]}     # ulysses=2 x ring=2, 4 processes
 COMMON = ["sample.steps=3", "sample.frame_num=13", "sample.size=32*32", "sample.cfg_truncate_steps=1",
           "batch.progress=false"]
 LATENT_TOL = 1e-5
@@ -46,31 +64,56 @@ def manifest(tmp: Path, model: str, image: Path, rows: int = 2) -> Path:
     return p
 
 
-def overrides(model, ckpt, man, out) -> list[str]:
-    return [f"model={model}", f"ckpt_dir={ckpt}", f"manifest={man}", f"out_dir={out}", *COMMON]
+def overrides(model, ckpt, man, out, steps: int | None = None) -> list[str]:
+    common = COMMON if steps is None else [c for c in COMMON if not c.startswith("sample.steps=")] + \
+        [f"sample.steps={steps}"]
+    return [f"model={model}", f"ckpt_dir={ckpt}", f"manifest={man}", f"out_dir={out}", *common]
+
+
+def single_process(cfg_overrides: list[str], dump: Path) -> list[dict]:
+    """The reference: the same worker.run in this process, with only the dump hook added."""
+    from wan_dist import config as config_mod
+    from wan_dist.distributed.parallelize import DUMP_ENV
+    from wan_dist.worker import run
+    os.environ[DUMP_ENV] = str(dump)
+    try:
+        assert run(config_mod.compose(cfg_overrides)) == 0
+    finally:
+        del os.environ[DUMP_ENV]
+    return [torch.load(dump / f"rank0_{k}.pt") for k in range(2)]
+
+
+def speed_overrides(tmp: Path, ckpt, man, out, setting: list[str]) -> list[str]:
+    ratios = tmp / "mag_ratios.json"     # a flat schedule: MagCache skips by its step counts alone
+    ratios.write_text(json.dumps({"high": [1.0] * CACHE_STEPS, "low": [1.0] * CACHE_STEPS}))
+    mag = [f"sample.cache_mag_ratios={ratios}"] if "sample.cache=mag" in setting else []
+    return overrides("tiny-t2v-moe", ckpt, man, out, CACHE_STEPS) + setting + mag
+
+
+def _sidecars(out) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in Path(out, "videos").glob("*.json")}
 
 
 @pytest.fixture(scope="module")
 def layout_runs(tiny_ckpt, test_image, tmp_path_factory):
-    from wan_dist import config as config_mod
-    from wan_dist.distributed.parallelize import DUMP_ENV
-    from wan_dist.worker import run
     tmp = tmp_path_factory.mktemp("dist")
     runs, refs = [], {}
     for model in MODELS:
         ckpt = tiny_ckpt(model)
         man = manifest(tmp, model, test_image)
-        ref = tmp / f"ref-{model}"
-        os.environ[DUMP_ENV] = str(ref)    # single process: the same worker.run, only the dump hook added
-        try:
-            assert run(config_mod.compose(overrides(model, ckpt, man, tmp / f"out-ref-{model}"))) == 0
-        finally:
-            del os.environ[DUMP_ENV]
-        refs[model] = [torch.load(ref / f"rank0_{k}.pt") for k in range(2)]
+        refs[model] = single_process(overrides(model, ckpt, man, tmp / f"out-ref-{model}"), tmp / f"ref-{model}")
         for name, extra in LAYOUTS.items():
             runs.append({"model": model, "layout": name, "dump": str(tmp / f"dump-{model}-{name}"),
                          "out": str(tmp / f"out-{model}-{name}"),
                          "overrides": overrides(model, ckpt, man, tmp / f"out-{model}-{name}") + extra})
+    ckpt, man = tiny_ckpt("tiny-t2v-moe"), manifest(tmp, "tiny-t2v-moe", test_image)
+    for name, (setting, layout) in SPEED.items():
+        ref_out = tmp / f"out-ref-{name}"
+        refs[name] = single_process(speed_overrides(tmp, ckpt, man, ref_out, setting), tmp / f"ref-{name}")
+        refs[name + "/sidecars"] = _sidecars(ref_out)
+        runs.append({"model": "tiny-t2v-moe", "layout": name, "dump": str(tmp / f"dump-{name}"),
+                     "out": str(tmp / f"out-{name}"),
+                     "overrides": speed_overrides(tmp, ckpt, man, tmp / f"out-{name}", setting) + layout})
     # uneven split: 3 rows over 2 replicas
     man3 = manifest(tmp, "tiny-t2v", test_image, rows=3)
     runs.append({"model": "tiny-t2v", "layout": "dp3", "dump": str(tmp / "dump-dp3"), "out": str(tmp / "out-dp3"),
@@ -110,6 +153,64 @@ def test_layout_matches_single_process(layout_runs, model, layout):
     writers = {x["writer"] for x in ledger}            # one ledger file per writer: one per replica
     assert len(writers) == (2 if layout == "dp" else 1)
     assert sorted(p.stem for p in Path(run["out"], "ledger").glob("*.jsonl")) == sorted(writers)
+
+
+@pytest.mark.parametrize("name", list(SPEED))
+def test_speed_options_match_single_process(layout_runs, name):
+    """Step caching and cfg_batch under Ulysses / ring / CFG-parallel+FSDP: the same videos and the same skip
+    decisions as one process, taken identically by the ranks that share a forward."""
+    runs, refs = layout_runs
+    run = next(r for r in runs if r["layout"] == name)
+    for rank in (0, 1):
+        assert Path(run["dump"], f"rc{rank}").read_text() == "0"
+    dumps = _dumps(run)
+    assert set(dumps) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for (rank, row), got in dumps.items():
+        ref = refs[name][row]
+        assert (got["latents"] - ref["latents"]).abs().max().item() <= LATENT_TOL, (name, rank, row)
+    ref_sc, got_sc = refs[name + "/sidecars"], _sidecars(run["out"])
+    for item, sc in got_sc.items():
+        cache, ref_cache = sc["cache"], ref_sc[item]["cache"]
+        assert cache["replica_agree"] is True, cache
+        assert cache["experts"] == ref_cache["experts"], (name, item)     # summed over the CFG halves
+        if name != "ulysses_cfgbatch":
+            assert sum(c["blocks_skipped"] for c in cache["experts"].values()) > 0, cache
+
+
+@pytest.fixture(scope="module")
+def usp_runs(tiny_ckpt, test_image, tmp_path_factory):
+    """Ulysses 2 x ring 2 (diffusers' unified attention) in one 4-process launch."""
+    tmp = tmp_path_factory.mktemp("usp")
+    ckpt, man = tiny_ckpt("tiny-t2v-moe"), manifest(tmp, "tiny-t2v-moe", test_image)
+    runs, refs = [], {}
+    for name, setting in USP.items():
+        ref_out = tmp / f"out-ref-{name}"
+        refs[name] = (single_process(speed_overrides(tmp, ckpt, man, ref_out, setting), tmp / f"ref-{name}"),
+                      _sidecars(ref_out))
+        runs.append({"layout": name, "dump": str(tmp / f"dump-{name}"), "out": str(tmp / f"out-{name}"),
+                     "overrides": speed_overrides(tmp, ckpt, man, tmp / f"out-{name}", setting)
+                     + ["parallel.ulysses=2", "parallel.ring=2"]})
+    spec = tmp / "runs.json"
+    spec.write_text(json.dumps(runs))
+    proc = torchrun(4, ["tests/dist_worker.py", str(spec)], timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return runs, refs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(USP))
+def test_ulysses_times_ring_matches_single_process(usp_runs, name):
+    runs, refs = usp_runs
+    run = next(r for r in runs if r["layout"] == name)
+    dumps = _dumps(run)
+    assert set(dumps) == {(rank, row) for rank in range(4) for row in (0, 1)}
+    for (rank, row), got in dumps.items():
+        assert (got["latents"] - refs[name][0][row]["latents"]).abs().max().item() <= LATENT_TOL, (rank, row)
+        assert got["describe"]["ring"] == 2 and got["describe"]["ulysses"] == 2
+    for item, sc in _sidecars(run["out"]).items():
+        assert sc["run"]["attention_backend"] == "wan_dist_cpu_flash_lse"
+        assert sc["cache"]["replica_agree"] is True
+        assert sc["cache"]["experts"] == refs[name][1][item]["cache"]["experts"]
 
 
 def test_uneven_three_rows_on_two_replicas(layout_runs):

@@ -173,7 +173,7 @@ class StepCache:
                 setattr(current[1], f.name, getattr(lib, f.name))
             self._installed[expert] = (key, current[1])
             return
-        if current is not None and current[1] is not None:
+        if getattr(model, "is_cache_enabled", False):   # ours from an earlier video, or left by another owner
             model.disable_cache()
         if lib is not None:
             allow_block_class(model)

@@ -186,8 +186,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-gpu"))
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--kinds", default="tolerance,backend,cfg_batch,cache,compile", help="which measurements")
+    ap.add_argument("--models", default="t2v-1.3B,ti2v-5B", help="whose widths")
     a = ap.parse_args()
-    items = plan(a.cpu_smoke)
+    items = [it for it in plan(a.cpu_smoke) if it["kind"] in a.kinds.split(",") and it["model"] in a.models.split(",")]
     if a.dry_run:
         for it in items:
             print(label(it))

@@ -266,3 +266,27 @@ def test_manifest_rows_choose_their_cache(tiny_ckpt, tmp_path):
     man.write_text("id,prompt,cache\na,x,turbo\n")
     with pytest.raises(ValueError, match="cache='turbo': must be one of"):
         load_items(str(man), cfg, get_model("tiny-t2v"))
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_plans_and_runs_its_code_path_on_cpu(tmp_path):
+    """bench/gpu.sh cannot be measured without a GPU here: its plan is listed (--dry-run) and its measuring code runs
+    on CPU with tiny widths (--cpu-smoke), so a broken script is found before a GPU machine is booked for it."""
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PY=sys.executable, OMP_NUM_THREADS="1")
+    plan = subprocess.run(["bash", "bench/gpu.sh", "--dry-run"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "backend t2v-1.3B 1280*720x81 (75600 tokens) _native_cudnn" in plan.stdout
+    assert "39 measurements planned" in plan.stdout
+    smoke = subprocess.run(["bash", "bench/gpu.sh", "--cpu-smoke", "--kinds", "tolerance,cfg_batch,cache",
+                            "--models", "t2v-1.3B", "--out", str(tmp_path)], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    rows = {r["what"]: r for r in json.loads((tmp_path / "gpu.json").read_text())["results"]}
+    assert len(rows) == 5 and not any("error" in r or "skipped" in r for r in rows.values()), rows
+    assert rows["cache t2v-1.3B 64*64x5 (32 tokens) mag"]["blocks"] == "16/40"      # 10 steps x 2 passes x 2 blocks
+    assert all(r["s_per_step"] > 0 for r in rows.values() if r["kind"] != "tolerance")

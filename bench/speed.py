@@ -35,7 +35,7 @@ MODELS = {
     "tiny": {"base": "tiny-t2v-moe", "dit": {"dim": 256, "num_heads": 8, "ffn_dim": 1024, "num_layers": 8},
              "steps": 20, "size": "128*128", "frames": 17},
     "width1.3B": {"base": "tiny-t2v", "dit": {"dim": 1536, "num_heads": 12, "ffn_dim": 8960, "num_layers": 3},
-                  "steps": 12, "size": "64*64", "frames": 9},
+                  "steps": 12, "size": "128*128", "frames": 5},
 }
 # name -> (cfg_batch, cache overrides for the row, run-wide cache params, compile)
 SETTINGS = {

@@ -148,6 +148,32 @@ def test_pinned_magcache_updates_its_schedule_in_place(tiny_ckpt, tmp_path):
         assert torch.equal(a.latents, b.latents)
 
 
+def test_a_cache_switched_off_elsewhere_is_switched_on_again(tiny_ckpt):
+    """Two generators over the same loaded DiTs (bench/speed.py does this): each video gets its own generator's
+    cache, whatever the other one did to the shared models in between."""
+    from wan_dist.models.device import placement
+    from wan_dist.models.loading import load_models
+    from wan_dist.models.registry import get_model
+    from wan_dist.pipeline.cache import CacheSetting, StepCache
+    from wan_dist.pipeline.generator import WanGenerator
+    from wan_dist.pipeline.request import build_request
+    spec, ck = get_model(MODEL), tiny_ckpt(MODEL)
+    cfg = compose([f"model={MODEL}", f"ckpt_dir={ck}", "prompt=x", *BASE[:3]])
+    place = placement(device="cpu", dtype="fp32", t5_dtype="fp32", vae_dtype="fp32", t5_cpu=False,
+                      offload_model=False)
+    models = load_models(spec, ck, place)
+    gens = {m: WanGenerator(models, place, boundary=cfg.model.boundary, step_cache=StepCache(models.dits),
+                            cache_base=CacheSetting()) for m in ("first_block", "none")}
+    req = {m: build_request(cfg, spec, {"prompt": "a cat", "steps": 8, "seed": 5, "cache": m,
+                                        "cache_threshold": 0.3}, m) for m in gens}
+    first = gens["first_block"].generate(req["first_block"])
+    plain = gens["none"].generate(req["none"])
+    again = gens["first_block"].generate(req["first_block"])
+    assert first.denoise.cache == again.denoise.cache and torch.equal(first.latents, again.latents)
+    assert sum(c["blocks_skipped"] for c in again.denoise.cache["experts"].values()) > 0
+    assert not torch.equal(plain.latents, again.latents)
+
+
 @pytest.mark.slow
 def test_compile_regional_is_its_own_stage(tiny_ckpt, tmp_path):
     """Compiling happens at load time (the `compile` stage of the first video, run.compile_s): no graph is

@@ -162,7 +162,8 @@ class StepCache:
     def _configure(self, expert: str, model, setting: CacheSetting, n_steps: int) -> None:
         key = (setting, n_steps)
         current = self._installed.get(expert)
-        if current is not None and current[0] == key:
+        # unchanged, and still the config the model runs with (nothing else disabled or replaced it since)
+        if current is not None and current[0] == key and getattr(model, "_cache_config", None) is current[1]:
             return
         lib = library_config(setting, expert, n_steps, next(model.parameters()).dtype)
         if self.pinned and current is not None:

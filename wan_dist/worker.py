@@ -121,6 +121,7 @@ def build_engine(cfg, ctx: RunContext, items=(), cache_base=None) -> Engine:
     fmt = checkpoint.detect_format(cfg.ckpt_dir)
     t0 = time.perf_counter()
     models = load_models(spec, cfg.ckpt_dir, place, ckpt_format=fmt, shard_dit=dit_shard_fn(ctx.mesh))
+    cache_base = cache_base or cache_settings(cfg, spec)
     speed = prepare_speed(cfg, ctx, spec, models, place, cache_base)        # backend, cache hooks: before CP
     par = parallelize(models, ctx.mesh, vae_parallel=cfg.parallel.vae_parallel, cfg_batch=cfg.sample.cfg_batch)
     load_s, load_seconds = reduce_load(ctx, time.perf_counter() - t0, models.stats.seconds)  # replica max

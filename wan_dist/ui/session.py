@@ -66,11 +66,12 @@ class Session:
         self.progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
         e = self.engine
         run_info = {"run_id": self.run_id, "model_load_s": round(e.model_load_s, 6), "load_seconds": e.load_seconds,
-                    "checkpoint_dtype": e.checkpoint_dtype, **e.placement.describe(), "ckpt_dir": str(cfg.ckpt_dir)}
+                    "checkpoint_dtype": e.checkpoint_dtype, **e.placement.describe(), "ckpt_dir": str(cfg.ckpt_dir),
+                    "compile_s": round(e.compile_s, 6), **e.speed}
         self.runner = BatchRunner(cfg=cfg, spec=self.spec, generator=e.generator, out=self.out, ctx=ctx,
                                   work=StaticShare(), model_load_s=e.model_load_s, run_info=run_info,
                                   layout={**ctx.describe(), **e.parallel.describe(), "source": "ui"},
-                                  sink=self.sink, progress=self.progress, stop=stop)
+                                  sink=self.sink, progress=self.progress, stop=stop, compile_s=e.compile_s)
         if ctx.is_main:
             log.info("model %s loaded in %.2fs (%s on %s)", self.spec.name, e.model_load_s, run_info["dtype"],
                      run_info["device"])

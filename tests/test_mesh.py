@@ -22,8 +22,8 @@ def test_dp_minus_one_takes_what_is_left():
 @pytest.mark.parametrize("extra, world, needle", [
     (["parallel.dp=3"], 2, "parallel.dp=3: dp x cfg x ulysses x ring = 3 x 1 x 1 x 1 = 3 must equal the world size 2"),
     (["parallel.ulysses=2"], 3, "parallel.dp=-1: world size 3 is not divisible"),
-    (["parallel.ring=2", "device=cpu"], 2,
-     "parallel.ring=2: ring attention needs an attention backend that returns LSE"),
+    (["parallel.ring=2", "device=cpu", "attention_backend=native"], 2,
+     "attention_backend='native': parallel.ring=2 merges partial attention with the log-sum-exp"),
     (["parallel.cfg=2", "sample.guide_scale=1.0"], 2, "parallel.cfg=2: CFG-parallel needs guidance on"),
     (["parallel.fsdp=true"], 2, "parallel.fsdp=true: a replica of 1 rank has nothing to shard"),
     (["parallel.fsdp=true"], 1, "e.g. parallel.ulysses=2"),

@@ -86,7 +86,7 @@ class SampleConfig:
     cache_mag_ratios: Optional[str] = _doc("mag: JSON file of per-expert magnitude ratios, e.g. the sidecar of a "
                                            "video made with cache_calibrate=true", None)
     cache_calibrate: bool = _doc("measure MagCache's per-step magnitude ratios of each expert (cache none) and record "
-                                 "them in the sidecar as cache.mag_ratios", False)
+                                 "them in the sidecar as cache.mag_ratios", False, video=False)
 
 
 @dataclass(frozen=True)

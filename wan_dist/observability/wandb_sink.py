@@ -27,11 +27,11 @@ _USER_DATA_DIR = os.environ.get("WANDB_DATA_DIR")  # a user's own choice wins ov
 
 # settings that go into the table rows (prompt and seed are columns of their own)
 SETTINGS = ("model", "size", "frame_num", "fps", "steps", "shift", "solver", "guide_scale", "guide_scale_high",
-            "cfg_truncate_steps", "cfg_truncate_high_noise_steps", "image")
+            "cfg_truncate_steps", "cfg_truncate_high_noise_steps", "cfg_truncate_keep", "image")
 VIDEO_COLUMNS = (["id", "prompt", "seed"] + list(SETTINGS) + [f"{k}_s" for k in TIMING_KEYS]
                  + ["inference_s", "frames_per_second", "expert_switches", "forwards", "peak_memory_mib", "mp4",
                     "video"])
-STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "seconds"]
+STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "passes", "seconds"]
 TABLE_MAX_ROWS = 200_000        # W&B truncates a Table to 200k rows anyway (wandb.Table.MAX_ARTIFACT_ROWS)
 STEP_TABLE_MAX_ROWS = 100_000   # e.g. 2000 videos x 50 steps; about 15 MiB of rows held until the end of the run
 
@@ -115,11 +115,12 @@ class WandbSink:
             experts = sc.get("step_experts") or []
             timesteps = sc.get("timesteps") or []
             cfg_on = sc.get("cfg_on") or []
+            passes = sc.get("step_passes") or []
             for i, s in enumerate(sc.get("per_step_s") or []):
                 ex = experts[i] if i < len(experts) else None
                 self._keep(self.step_rows, "per_step", STEP_TABLE_MAX_ROWS,
                            [sc.get("id"), i, ex, timesteps[i] if i < len(timesteps) else None,
-                            cfg_on[i] if i < len(cfg_on) else None, s])
+                            cfg_on[i] if i < len(cfg_on) else None, passes[i] if i < len(passes) else None, s])
                 self.run.log({"step/global": self.global_step, "step/seconds": s, "step/index_in_video": i,
                               "step/expert_low": int(ex == "low"), "step/video_index": self.n_videos})
                 self.global_step += 1

@@ -94,11 +94,11 @@ class WanGenerator:
         with timer.stage("latents"):
             cond = latents_mod.prepare(self.spec, self.m.vae, size=req.size, frame_num=req.frame_num,
                                        seed=req.seed, device=self.device, image=image)
-        experts, cfg_on = step_plan(req, self.boundary)
+        experts, passes = step_plan(req, self.boundary)
         scheduler = make_scheduler(req.solver, req.steps, req.shift, device=self.device)
         with timer.stage("denoise"):
             res = denoise(self.m.dits, cond, prompt_embeds, negative_prompt_embeds, scheduler, step_experts=experts,
-                          guidance=req.guidance(), cfg_on=cfg_on, dtype=self.dtype, device=self.device,
+                          guidance=req.guidance(), step_passes=passes, dtype=self.dtype, device=self.device,
                           activate=self._activate, guidance_exec=self.guidance_exec, on_step=self.on_step)
         timer.add("expert_switch", res.expert_switch_s)
         if self.offload:

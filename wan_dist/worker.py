@@ -138,11 +138,13 @@ def _ckpt_fingerprint(ckpt_dir) -> tuple:
 
 
 def engine_key(cfg, ctx: RunContext) -> tuple:
-    """What decides the loaded, parallelized models. A change of any of these reloads; sampling settings (steps,
-    shift, guidance, truncation, size, frames, seeds, solver, the MoE boundary) never do."""
+    """What decides the loaded, parallelized models: model, checkpoint files, resolved placement (device, dtypes, T5
+    and offload placement), FSDP / T5 FSDP / VAE split, backend and the mesh. A change of any of these reloads;
+    sampling settings (steps, shift, guidance, truncation, size, frames, seeds, solver, the MoE boundary) never do."""
     p = cfg.parallel
-    return (cfg.model.name, _ckpt_fingerprint(cfg.ckpt_dir), cfg.device, cfg.dtype, cfg.t5_dtype, cfg.vae_dtype,
-            cfg.t5_cpu, cfg.offload_model, p.fsdp, p.t5_fsdp, p.vae_parallel, p.backend, ctx.local_rank,
+    place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
+                      t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
+    return (cfg.model.name, _ckpt_fingerprint(cfg.ckpt_dir), place, p.fsdp, p.t5_fsdp, p.vae_parallel, p.backend,
             tuple(sorted(ctx.degrees.items())), id(ctx.mesh))      # the mesh: MeshCache keeps one per layout
 
 
@@ -161,6 +163,7 @@ class EngineCache:
         reuse = not ctx.world_any(not (self.engine is not None and key == self.key))   # collective: every rank
         if reuse:
             self.engine.generator.boundary = cfg.model.boundary
+            self.engine.generator.clear_text_cache()
             return self.engine, True
         self.drop()
         self.engine, self.key = build_engine(cfg, ctx), key

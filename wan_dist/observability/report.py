@@ -39,7 +39,8 @@ def find_sidecars(out_dir) -> list[tuple[str, Path]]:
     """(setting, path) for every sidecar; setting is '' for OUT_DIR/videos, else the sweep sub-directory name."""
     root = Path(out_dir)
     found = [("", p) for p in sorted((root / "videos").glob("*.json"))]
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("videos", "report", "wandb")):
+    for sub in sorted(p for p in root.iterdir()
+                      if p.is_dir() and p.name not in ("videos", "report", "wandb", "compare")):
         found += [(sub.name, p) for p in sorted((sub / "videos").glob("*.json"))]
     return found
 

@@ -170,6 +170,42 @@ class WandbSink:
         self.run = None
 
 
+def log_table_run(*, project: str, group: str | None, name: str, mode: str, out_dir, table: str, columns: list,
+                  rows: list[list], image=None, job_type: str = "compare") -> str | None:
+    """One short W&B run holding one Table (e.g. `wan-dist compare`'s comparison of a sweep, in the sweep's group) and
+    an optional plot. Offline runs go under <out_dir>/wandb/. Returns the run's directory, or None after a warning
+    (W&B never fails the command that logs to it)."""
+    out_dir = Path(out_dir)
+    try:
+        import wandb
+        wdir = out_dir / "wandb"
+        wdir.mkdir(parents=True, exist_ok=True)
+        saved = os.environ.get("WANDB_DATA_DIR")
+        if mode == "offline" and not _USER_DATA_DIR:
+            os.environ["WANDB_DATA_DIR"] = str((wdir / "data").resolve())
+        settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True)
+        try:
+            run = wandb.init(project=project, group=group, name=name, mode=mode, dir=str(out_dir), job_type=job_type,
+                             reinit="create_new", settings=settings)
+            data = {table: wandb.Table(columns=list(columns), data=rows)}
+            if image is not None and Path(image).is_file():
+                data[f"{table}_plot"] = wandb.Image(str(image))
+            run.log(data)
+            run_dir = str(Path(run.dir).parent) if getattr(run, "dir", None) else str(wdir)
+            run.finish()
+        finally:
+            if mode == "offline" and not _USER_DATA_DIR:
+                if saved is None:
+                    os.environ.pop("WANDB_DATA_DIR", None)
+                else:
+                    os.environ["WANDB_DATA_DIR"] = saved
+        log.info("W&B %s run %s (group %s) with the %s table: %s", mode, name, group, table, run_dir)
+        return run_dir
+    except Exception as e:  # noqa: BLE001 - observability never fails the command
+        log.warning("W&B logging of %s failed (%s: %s); the files are written anyway", table, type(e).__name__, e)
+        return None
+
+
 def read_offline_records(wandb_file):
     """Records of an offline `run-*.wandb` file (LevelDB-log framing: a 7-byte header, 32 KiB blocks, 7-byte
     record headers crc32/length/type with FULL=1 FIRST=2 MIDDLE=3 LAST=4), parsed as wandb's `Record` protobuf.

@@ -69,6 +69,11 @@ class WanGenerator:
             model.to(place.dit_load_device)
         self.m.text_encoder.to(place.t5_load_device)
 
+    def clear_text_cache(self) -> None:
+        """Forget the encoded prompts: each run of a sweep encodes its own (its timings then do not depend on which
+        job ran first; a sweep's jobs differ in sampling settings, not in what a prompt encodes to)."""
+        self._text_cache.clear()
+
     def _encode(self, text: str) -> torch.Tensor:
         if text in self._text_cache:
             self._text_cache.move_to_end(text)

@@ -183,6 +183,7 @@ def test_wandb_offline_run_files(runs):
         mine = sorted((r for r in srows if r["id"] == vid), key=lambda r: r["step"])
         assert [r["seconds"] for r in mine] == pytest.approx(sc["per_step_s"])
         assert [r["expert"] for r in mine] == sc["step_experts"]
+        assert [r["passes"] for r in mine] == sc["step_passes"] and "passes" in st["columns"]
     # the per-step series in the .wandb history
     wfile = next(rd.glob("run-*.wandb"))
     hist = offline_history(wfile)

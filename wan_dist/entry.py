@@ -88,6 +88,7 @@ def job(dc, stop=None, state: dict | None = None, argv_swept: frozenset = frozen
     state = {} if state is None else state
     if state.get("session") is None:
         state["session"] = Session()
+    t0 = time.perf_counter()            # the job's own time: not the interpreter's one-time imports above
     try:
         code = main(cfg, stop=stop, session=state["session"])
     except Exception:

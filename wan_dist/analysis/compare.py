@@ -123,6 +123,9 @@ def compare_sweep(sweep_dir, baseline: str | None = None, device="cpu") -> Compa
         bname, base = index[key]
         row = compare_pair(sweep_dir / sc["_setting"], sc, sweep_dir / bname, base, device)
         comp.videos.append({"setting": sc["_setting"], "baseline": bname, **row})
+    if not comp.videos:
+        raise ValueError(f"{sweep_dir}: no video has a baseline (CFG truncation 0 in both windows with the same id, "
+                         "seed and other settings); run that setting too, or name one with --baseline")
     comp.baselines = sorted({r["baseline"] for r in comp.videos}, key=setting_order)
     comp.settings = setting_rows(comp.videos)
     return comp

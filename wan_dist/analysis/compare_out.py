@@ -64,7 +64,7 @@ def plot_time_vs_fidelity(comp: Comparison, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     same = sum(1 for r in pts if r["psnr_db"] is not None and math.isinf(r["psnr_db"]))
-    fig.suptitle(f"What each setting costs and changes ({len(pts)} settings vs baseline"
+    fig.suptitle(f"What each setting costs and changes ({len(pts)} setting(s) vs the baseline"
                  + (f"; {same} identical to it, not drawn" if same else "") + ")", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -6,7 +6,11 @@ count alone sets on the real A14B defaults.
    and both keep modes, `rounds` interleaved rounds of one video each; per setting the minimum over rounds (other
    processes only ever add time) of the denoise and whole-video seconds, as this process's CPU time (robust on a
    shared machine; threads: OMP_NUM_THREADS) and as wall time. Reported: forwards skipped (fraction of the
-   baseline's), time saved (fraction), and their ratio (1.0 = each skipped forward saves exactly its share).
+   baseline's), time saved (fraction), and their ratio (1.0 = each skipped forward saves exactly its share); also
+   `denoise_step_medians`: each step's median wall time over the rounds, summed (short load spikes drop out). And a
+   per-step estimate robust to noise: the median wall time of a step running both passes against one running one
+   pass, over every step of every video: (T_both - T_one) / (T_both / 2) is the share of an average forward's time a
+   skipped forward saves.
 2. The bound: on t2v-A14B's defaults (40 steps: 26 high-noise + 14 low-noise, CFG on every step = 80 forwards), the
    fraction of DiT forwards a setting skips is the most it can save of the denoise time if every forward costs the
    same; of the total time it saves less (text encoding, VAE decode and saving do not shrink).
@@ -20,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -91,7 +96,7 @@ def measure(work: Path, rounds: int, steps: int, dim: int, layers: int, heads: i
     gen_mod.denoise = denoise_cpu
     gen.generate(reqs[(0, 0, "uncond")])                     # warm-up (lazy initialisation), not measured
     times: dict[tuple, list] = {k: [] for k in reqs}
-    fw, experts = {}, None
+    fw, experts, steps_s = {}, None, {"both": [], "one": []}
     for r in range(rounds):                                   # interleaved: load drifts hit every setting alike
         for k in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
             c0 = time.process_time()
@@ -99,27 +104,38 @@ def measure(work: Path, rounds: int, steps: int, dim: int, layers: int, heads: i
             cpu = time.process_time() - c0
             inf = sum(res.timings.get(s, 0.0) for s in ("text_encode", "latents", "denoise", "vae_decode"))
             times[k].append({"denoise": res.timings["denoise"], "inference": inf, "denoise_cpu": cpu_box[-1],
-                             "inference_cpu": cpu})
+                             "inference_cpu": cpu, "steps": list(res.denoise.per_step_s)})
             fw[k] = sum(res.denoise.forwards.values())
             experts = res.denoise.expert_steps
+            for i, (sec, passes) in enumerate(zip(res.denoise.per_step_s, res.denoise.step_passes)):
+                if i:                                          # step 0 carries the solver's first-step set-up
+                    steps_s["both" if passes == "both" else "one"].append(sec)
     gen_mod.denoise = real_denoise
     # min over rounds: interference from other processes only ever adds time
-    best = {k: {m: min(t[m] for t in v) for m in v[0]} for k, v in times.items()}
+    best = {k: {m: min(t[m] for t in v) for m in v[0] if m != "steps"} for k, v in times.items()}
+    for k, v in times.items():          # per step, the median over rounds; summed: a spike-proof denoise time
+        best[k]["denoise_step_medians"] = sum(statistics.median(t["steps"][i] for t in v) for i in range(steps))
     out = []
     for k in SETTINGS:
         n, m, keep = k
         b0, b, f0, f = best[(0, 0, keep)], best[k], fw[(0, 0, keep)], fw[k]
         row = {"N": n, "M": m, "keep": keep, "forwards": f, "forwards_skipped_pct": round(100 * (f0 - f) / f0, 2)}
-        for metric in ("denoise_cpu", "inference_cpu", "denoise", "inference"):
+        for metric in ("denoise_step_medians", "denoise_cpu", "inference_cpu", "denoise", "inference"):
             row[f"{metric}_s"] = round(b[metric], 4)
             row[f"{metric}_saved_pct"] = round(100 * (b0[metric] - b[metric]) / b0[metric], 2)
         if f < f0:
-            for metric in ("denoise_cpu", "denoise"):
+            for metric in ("denoise_step_medians", "denoise_cpu", "denoise"):
                 row[f"{metric}_saved_per_skipped"] = round(row[f"{metric}_saved_pct"] / row["forwards_skipped_pct"],
                                                            3)
         out.append(row)
     b = best[(0, 0, "uncond")]
-    return {"model": {"dit": {k: spec.dit[k] for k in ("dim", "ffn_dim", "num_heads", "num_layers")},
+    t2, t1 = statistics.median(steps_s["both"]), statistics.median(steps_s["one"])
+    per_step = {"both_passes_step_ms": round(1e3 * t2, 3), "one_pass_step_ms": round(1e3 * t1, 3),
+                "samples": [len(steps_s["both"]), len(steps_s["one"])],
+                # a skipped forward saves this share of an average forward's time (1.0 = all of it)
+                "saved_per_skipped_forward": round((t2 - t1) / (t2 / 2), 3)}
+    return {"per_step_wall": per_step,
+            "model": {"dit": {k: spec.dit[k] for k in ("dim", "ffn_dim", "num_heads", "num_layers")},
                       "steps": steps, "expert_steps": experts, "size": size, "frames": frames},
             "rounds": rounds, "denoise_share_of_inference_cpu": round(b["denoise_cpu"] / b["inference_cpu"], 3),
             "load_average_after": os.getloadavg(), "settings": out}

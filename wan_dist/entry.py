@@ -33,10 +33,21 @@ def _print_once(msg: str) -> None:
 
 
 def sweep_keys(overrides) -> set[str]:
-    """Keys that a list of override strings sweeps (`k=a,b`, `k=range(..)`, `k=choice(..)`, `k=glob(..)`)."""
+    """Keys that a list of override strings sweeps (`k=a,b`, `k=range(..)`, `k=choice(..)`, `k=glob(..)`); a string
+    that does not parse (another sweeper's own syntax) sweeps nothing here."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+    from hydra.errors import HydraException
+    parser, keys = OverridesParser.create(), set()
+    for o in overrides:
+        if o.startswith("-"):
+            continue
+        try:
+            (parsed,) = parser.parse_overrides([o])
+        except HydraException:
+            continue
+        if parsed.is_sweep_override():
+            keys.add(parsed.key_or_group)
+    return keys
 
 
 def job_dir_name(num: int, task_overrides, swept: set[str], max_len: int = 150) -> str:

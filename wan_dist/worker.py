@@ -72,15 +72,28 @@ def validate_inputs(cfg, ctx: RunContext, layout=None) -> list:
     return prepare_batch(cfg, ctx, layout)[0]
 
 
-def prepare_batch(cfg, ctx: RunContext, layout=None) -> tuple[list, dict]:
+def check_checkpoint(cfg, spec, checked: dict | None = None):
+    """checkpoint.check, once per process per (model, checkpoint fingerprint) when `checked` (the EngineCache's) is
+    given: a sweep's later jobs do not re-read the same unchanged files; a change of any file's size or mtime
+    checks again."""
+    if checked is None or not Path(cfg.ckpt_dir).is_dir():
+        return checkpoint.check(cfg.ckpt_dir, spec)
+    key = (spec.name, _ckpt_fingerprint(cfg.ckpt_dir))
+    if key not in checked:
+        checked[key] = checkpoint.check(cfg.ckpt_dir, spec)
+    return checked[key]
+
+
+def prepare_batch(cfg, ctx: RunContext, layout=None, checked: dict | None = None) -> tuple[list, dict]:
     """(items, the run part of their settings). All of it on rank 0, once, read-only: the manifest rows, the
-    checkpoint files (and their identity), out_dir (a directory, no symlink where wan-dist writes) and the ids out_dir
-    already holds with other settings (batch.on_change=stop: a ValueError listing them, before any model work)."""
+    checkpoint files (and their identity; `checked`: see check_checkpoint), out_dir (a directory, no symlink where
+    wan-dist writes) and the ids out_dir already holds with other settings (batch.on_change=stop: a ValueError
+    listing them, before any model work)."""
     spec = get_model(cfg.model.name)
 
     def on_main():
         items = load_items(cfg.manifest, cfg, spec) if cfg.manifest else single_prompt_items(cfg, spec)
-        report = checkpoint.check(cfg.ckpt_dir, spec)
+        report = check_checkpoint(cfg, spec, checked)
         place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
                           t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
         run = settings_mod.run_settings(cfg, report.identity(), place.describe())
@@ -156,6 +169,7 @@ class EngineCache:
         self.key: tuple | None = None
         self.engine: Engine | None = None
         self.loads = 0                  # engines built by this process
+        self.checked: dict = {}         # (model, checkpoint fingerprint) -> its report (check_checkpoint)
 
     def get(self, cfg, ctx: RunContext) -> tuple[Engine, bool]:
         """(engine, reused). Every rank decides the same (world-wide agreement), so the load collectives match."""
@@ -180,12 +194,22 @@ class EngineCache:
             torch.cuda.empty_cache()
 
 
+def import_libraries() -> None:
+    """The model libraries every run uses (diffusers alone takes seconds to import), imported once when a process's
+    Session opens: part of the process's start-up, like the interpreter's imports, not of its first job's time."""
+    import diffusers  # noqa: F401
+    from diffusers import (AutoencoderKLWan, DPMSolverMultistepScheduler, UniPCMultistepScheduler,  # noqa: F401
+                           WanTransformer3DModel)
+    from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: F401
+
+
 class Session:
     """One process's state across runs (the jobs of a Hydra sweep, entry.py): the process group with a mesh per
     layout (distributed.mesh.MeshCache, which owns the group) and the loaded models (EngineCache). `close()` at
     process exit destroys the process group if this session created it."""
 
     def __init__(self):
+        import_libraries()
         self.meshes = MeshCache()
         self.engines = EngineCache()
 
@@ -211,7 +235,7 @@ def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, l
 
 def _run(cfg, ctx, work, stop, layout, engines: EngineCache) -> ExitCode:
     try:
-        items, run_settings = prepare_batch(cfg, ctx, layout)
+        items, run_settings = prepare_batch(cfg, ctx, layout, engines.checked)
         out = OutputDir(cfg.out_dir, claim_timeout_s=cfg.batch.claim_timeout_s)
         doc = {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
                "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],

@@ -6,8 +6,8 @@ loading the models: how sweeps ran before).
 Sweep time = the sum of the jobs' own wall times the sweep prints (`sweep: 4 job(s) in X s`): from a job's start to
 its exit code, so validation, output setup, saving, ledger and the per-job Hydra composition all count; the
 process's one-time start-up (interpreter, torch / diffusers / transformers imports: worker.import_libraries when the
-Session opens) does not, just as a single run's model_load does not. The process's wall time is reported too. One load = the sidecars' `run.model_load_s` of the first job; inference = the
-sum of every video's `inference_s`.
+Session opens) does not, just as a single run's model_load does not. The process's wall time is reported too. One
+load = the sidecars' `run.model_load_s` of the first job; inference = the sum of every video's `inference_s`.
 
     .venv/bin/python bench/sweep_reuse.py [--prompts 4] [--steps 10]
 """

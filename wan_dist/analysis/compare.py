@@ -2,7 +2,8 @@
 
 For every video of every setting, its baseline video: CFG truncation 0 in both windows (either keep mode: with no
 window they are the same run) with the same id, seed, prompt and other sampling settings (SIGNATURE), the earliest
-such job when several qualify; with `baseline=`, that sub-directory's video with the same id and seed. Then
+such job when several qualify (a later one when the earliest's video carries the process's warm-up); with
+`baseline=`, that sub-directory's video with the same id and seed. Then
   forwards   DiT forwards (cond + uncond) of each, and how many the setting skipped
   time       denoise and total seconds (total = the item's wall time less the one-time model load) and what was saved
   fidelity   PSNR / SSIM of the decoded frames and relative L2 / cosine of the final latents (analysis/fidelity.py)
@@ -63,6 +64,11 @@ def forwards(sc: dict) -> int:
     return int(sum((sc.get("forwards") or {}).values()))
 
 
+def warm(sc: dict) -> bool:
+    """The first video a process made after loading: it carries one-time warm-up (lazy init, kernel selection)."""
+    return bool((sc.get("timings") or {}).get("model_load"))
+
+
 def total_s(sc: dict) -> float:
     t = sc.get("timings") or {}
     return float(t.get("total", 0.0)) - float(t.get("model_load", 0.0))
@@ -82,7 +88,7 @@ def compare_pair(run_dir, sc: dict, base_dir, base: dict, device="cpu") -> dict:
            "denoise_s": round(dn, 6), "baseline_denoise_s": round(bdn, 6), "denoise_saved_s": round(bdn - dn, 6),
            "denoise_saved_pct": _pct(bdn - dn, bdn), "total_s": round(tot, 6), "baseline_total_s": round(btot, 6),
            "total_saved_s": round(btot - tot, 6), "total_saved_pct": _pct(btot - tot, btot),
-           "warmup": bool(sc["timings"].get("model_load") or base["timings"].get("model_load"))}
+           "warmup": warm(sc) or warm(base)}
     row.update(video_fidelity(Path(run_dir), sc, Path(base_dir), base, device))
     return row
 
@@ -109,11 +115,15 @@ def compare_sweep(sweep_dir, baseline: str | None = None, device="cpu") -> Compa
     if baseline is not None and baseline not in names:
         raise ValueError(f"baseline={baseline!r}: not a setting of {sweep_dir}; settings: {', '.join(names)}")
     index: dict[tuple, tuple[str, dict]] = {}
-    for sc in sidecars:                  # earliest job first: the first qualifying video is the baseline
+    for sc in sidecars:   # earliest job first: the first qualifying video, or a later one without the warm-up
         if baseline is not None and sc["_setting"] == baseline:
-            index.setdefault((sc["id"], sc.get("seed")), (sc["_setting"], sc))
+            key = (sc["id"], sc.get("seed"))
         elif baseline is None and is_baseline(sc):
-            index.setdefault((sc["id"], signature(sc)), (sc["_setting"], sc))
+            key = (sc["id"], signature(sc))
+        else:
+            continue
+        if key not in index or (warm(index[key][1]) and not warm(sc)):
+            index[key] = (sc["_setting"], sc)
     comp = Comparison([], [])
     for sc in sidecars:
         key = (sc["id"], sc.get("seed")) if baseline is not None else (sc["id"], signature(sc))

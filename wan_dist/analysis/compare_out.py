@@ -19,7 +19,7 @@ MD_COLUMNS = ["setting", "cfg_truncate_steps", "cfg_truncate_high_noise_steps", 
 
 def _cell(v) -> str:
     if isinstance(v, float):
-        return "inf" if math.isinf(v) else f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return "inf" if math.isinf(v) else f"{v:.6g}" if abs(v) < 1e4 else f"{v:.0f}"
     return "" if v is None else str(v).replace("|", "\\|")
 
 

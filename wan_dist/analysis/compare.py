@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..observability.report import load_sidecars
-from .fidelity import video_fidelity
 
 SIGNATURE = ("model", "prompt", "negative_prompt", "seed", "steps", "shift", "solver", "guide_scale",
              "guide_scale_high", "size", "frame_num", "image")
@@ -89,6 +88,7 @@ def compare_pair(run_dir, sc: dict, base_dir, base: dict, device="cpu") -> dict:
            "denoise_saved_pct": _pct(bdn - dn, bdn), "total_s": round(tot, 6), "baseline_total_s": round(btot, 6),
            "total_saved_s": round(btot - tot, 6), "total_saved_pct": _pct(btot - tot, btot),
            "warmup": warm(sc) or warm(base)}
+    from .fidelity import video_fidelity     # torch: imported when comparing, not when `wan-dist` parses its CLI
     row.update(video_fidelity(Path(run_dir), sc, Path(base_dir), base, device))
     return row
 

@@ -388,6 +388,14 @@ def test_report_empty_dir_is_an_error(tmp_path, capsys):
     assert "no sidecars" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_of_a_missing_dir_is_an_error_not_a_traceback(tmp_path, capsys, command):
+    from wan_dist.cli import main
+    assert main([command, str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "no such directory" in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------- progress
 
 def test_progress_log_lines_when_not_a_tty(caplog):

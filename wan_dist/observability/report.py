@@ -38,6 +38,8 @@ LABELS = {"model_load": "model load", "text_encode": "text encode", "latents": "
 def find_sidecars(out_dir) -> list[tuple[str, Path]]:
     """(setting, path) for every sidecar; setting is '' for OUT_DIR/videos, else the sweep sub-directory name."""
     root = Path(out_dir)
+    if not root.is_dir():
+        raise ValueError(f"out_dir={str(out_dir)!r}: no such directory (give a run's or a sweep's out_dir)")
     found = [("", p) for p in sorted((root / "videos").glob("*.json"))]
     for sub in sorted(p for p in root.iterdir()
                       if p.is_dir() and p.name not in ("videos", "report", "wandb", "compare")):

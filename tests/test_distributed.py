@@ -2,13 +2,15 @@
 
 For each tiny model, the latents and decoded frames of fsdp (across the cfg halves), ulysses=2, ring=2 (the
 project's CPU log-sum-exp attention backend), cfg=2, dp=2 and fsdp+ulysses=2 equal the single-process result
-(max |d| <= 1e-5 in fp32 latents). The speed options under parallel layouts (tiny-t2v-moe): MagCache under
-Ulysses+FSDP, TaylorSeer under ring, FirstBlockCache under CFG-parallel, cfg_batch under Ulysses, each against the
-single-process run with the same setting: same latents, same blocks computed/skipped per expert, and the ranks of
-each sequence-parallel group agreed (sidecar cache.replica_agree). All these runs share ONE torchrun launch
-(tests/dist_worker.py) to keep the start-up cost at ~5 s; Ulysses x ring (USP, 4 processes) has its own launch.
-Plus: uneven splits never hang (3 rows on 2 replicas here, 1 row on 4 replicas in a 4-process launch), several
-writers keep results.jsonl whole, and a bad layout exits with code 2 before any process group exists.
+(max |d| <= 1e-5 in fp32 latents), with one CFG-truncated step per video in the default keep mode (uncond: the cond
+half idles); for the MoE model also cfg=2 and fsdp with keep=cond (the uncond half idles). The speed options under
+parallel layouts (tiny-t2v-moe): MagCache under Ulysses+FSDP, TaylorSeer under ring, FirstBlockCache under
+CFG-parallel, cfg_batch under Ulysses, each against the single-process run with the same setting: same latents, same
+blocks computed/skipped per expert, and the ranks of each sequence-parallel group agreed (sidecar
+cache.replica_agree). All these runs share ONE torchrun launch (tests/dist_worker.py) to keep the start-up cost at
+~5 s; Ulysses x ring (USP, 4 processes) has its own launch. Plus: uneven splits never hang (3 rows on 2 replicas
+here, 1 row on 4 replicas in a 4-process launch), several writers keep results.jsonl whole, and a bad layout exits
+with code 2 before any process group exists.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ SPEED = {
 USP = {"usp": [], "usp_taylor": SPEED["ring_taylor"][0]}     # ulysses=2 x ring=2, 4 processes
 COMMON = ["sample.steps=3", "sample.frame_num=13", "sample.size=32*32", "sample.cfg_truncate_steps=1",
           "batch.progress=false"]
+# keep=cond on the tiny MoE model: the other half idles (compared with a single-process keep=cond run)
+KEEP_COND = {"cfg_keep_cond": LAYOUTS["cfg"], "fsdp_keep_cond": LAYOUTS["fsdp"]}
 LATENT_TOL = 1e-5
 VIDEO_TOL = 1e-4
 
@@ -114,6 +118,13 @@ def layout_runs(tiny_ckpt, test_image, tmp_path_factory):
         runs.append({"model": "tiny-t2v-moe", "layout": name, "dump": str(tmp / f"dump-{name}"),
                      "out": str(tmp / f"out-{name}"),
                      "overrides": speed_overrides(tmp, ckpt, man, tmp / f"out-{name}", setting) + layout})
+    model = "tiny-t2v-moe"
+    refs["keep_cond"] = single_process(overrides(model, ckpt, man, tmp / "out-ref-keep-cond")
+                                       + ["sample.cfg_truncate_keep=cond"], tmp / "ref-keep-cond")
+    for name, extra in KEEP_COND.items():
+        runs.append({"model": model, "layout": name, "dump": str(tmp / f"dump-{name}"), "out": str(tmp / f"out-{name}"),
+                     "overrides": overrides(model, ckpt, man, tmp / f"out-{name}") + extra
+                     + ["sample.cfg_truncate_keep=cond"]})
     # uneven split: 3 rows over 2 replicas
     man3 = manifest(tmp, "tiny-t2v", test_image, rows=3)
     runs.append({"model": "tiny-t2v", "layout": "dp3", "dump": str(tmp / "dump-dp3"), "out": str(tmp / "out-dp3"),
@@ -130,11 +141,12 @@ def _dumps(run) -> dict[tuple[int, int], dict]:
     return {(int(p.stem[4:].split("_")[0]), int(p.stem.split("_")[1])): torch.load(p) for p in d.glob("rank*_*.pt")}
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("model,layout", [(m, lay) for m in MODELS for lay in LAYOUTS]
+                         + [("tiny-t2v-moe", lay) for lay in KEEP_COND])
 def test_layout_matches_single_process(layout_runs, model, layout):
     runs, refs = layout_runs
     run = next(r for r in runs if r["model"] == model and r["layout"] == layout)
+    ref_rows = refs["keep_cond" if layout in KEEP_COND else model]
     for rank in (0, 1):
         assert Path(run["dump"], f"rc{rank}").read_text() == "0"
     dumps = _dumps(run)
@@ -142,12 +154,15 @@ def test_layout_matches_single_process(layout_runs, model, layout):
     expect = {(0, 0): 0, (1, 0): 1} if layout == "dp" else {(0, 0): 0, (0, 1): 1, (1, 0): 0, (1, 1): 1}
     assert set(dumps) == set(expect)
     for key, row in expect.items():
-        got, ref = dumps[key], refs[model][row]
+        got, ref = dumps[key], ref_rows[row]
         assert (got["latents"] - ref["latents"]).abs().max().item() <= LATENT_TOL, (key, layout)
         assert got["video"].shape == ref["video"].shape
         assert (got["video"] - ref["video"]).abs().max().item() <= VIDEO_TOL, (key, layout)
-        if layout in ("cfg", "fsdp"):
-            assert got["describe"]["cfg"] == 2 and got["describe"]["cfg_idle_steps"] > 0
+        if layout in ("cfg", "fsdp", *KEEP_COND):
+            # one truncated step per video: the half whose pass is not kept idled (cumulative over the run)
+            idle = got["describe"]["cfg_idle_by_half"]
+            assert got["describe"]["cfg"] == 2 and got["describe"]["cfg_idle_steps"] == row + 1
+            assert idle == ({"cond": 0, "uncond": row + 1} if layout in KEEP_COND else {"cond": row + 1, "uncond": 0})
     ledger = [json.loads(line) for line in Path(run["out"], "results.jsonl").read_text().splitlines()]
     assert sorted(x["id"] for x in ledger) == ["r0", "r1"] and all(x["status"] == "ok" for x in ledger)
     writers = {x["writer"] for x in ledger}            # one ledger file per writer: one per replica

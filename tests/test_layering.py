@@ -25,11 +25,12 @@ ALLOWED = {
     "pipeline": {"models", "observability", "config"},
     "distributed": {"models", "pipeline", "observability"},
     "batch": {"files", "models", "config", "observability", "pipeline", "distributed"},
+    "analysis": {"files", "models", "config", "observability", "pipeline", "batch"},
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch"},
     "supervise": {"outcome", "exit_codes"},
     "download": {"models", "observability", "files", "exit_codes"},
-    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download"},
+    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download", "analysis"},
     # the Gradio app (launch/app.py): a launcher over the worker core
     "ui": {"config", "models", "observability", "pipeline", "distributed", "batch", "worker", "files", "outcome",
            "exit_codes"},

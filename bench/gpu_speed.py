@@ -101,7 +101,7 @@ class Bench:
         cache.begin(cache_setting or CacheSetting(), ["single"] * steps)
         try:
             res = denoise({"single": model}, cond, text[:1], text[1:], sched, step_experts=["single"] * steps,
-                          guidance={"single": 5.0}, cfg_on=[True] * steps, dtype=dtype, device=self.device,
+                          guidance={"single": 5.0}, step_passes=["both"] * steps, dtype=dtype, device=self.device,
                           guidance_exec=guidance)
         finally:
             res_cache = cache.end()

@@ -45,10 +45,10 @@ def forwards(monkeypatch):
         padded.append(out)
         return out
 
-    def fwd(model, x, t, context):
+    def fwd(model, x, t, context, *rest):
         kinds = {padded[-2].data_ptr(): "cond", padded[-1].data_ptr(): "uncond"}
         calls.append(kinds[context.data_ptr()])
-        return real_fwd(model, x, t, context)
+        return real_fwd(model, x, t, context, *rest)
     monkeypatch.setattr(gen, "pad_embeds", pad)
     monkeypatch.setattr(dn, "dit_forward", fwd)
     return calls

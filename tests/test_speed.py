@@ -24,8 +24,10 @@ BASE = ["sample.frame_num=5", "sample.size=32*32", "batch.progress=false", "outp
         f"sample.steps={STEPS}"]
 LAYERS = 2                    # blocks per tiny DiT
 # same prompt and seed under two ids: the second video must equal the first (every hook state reset in between);
-# the third truncates CFG (2 low-noise steps without the unconditional pass)
-ROWS = "id,prompt,seed,cfg_truncate_steps\na,a cat on the beach,7,0\nb,a cat on the beach,7,0\nc,a dog,8,2\n"
+# the third and fourth truncate CFG in the last 2 (low-noise) steps: keep=uncond (the default: the conditional pass
+# is skipped) and keep=cond (the unconditional pass is skipped); each cache context keeps its own state
+ROWS = ("id,prompt,seed,cfg_truncate_steps,cfg_truncate_keep\na,a cat on the beach,7,0,\nb,a cat on the beach,7,0,\n"
+        "c,a dog,8,2,\nd,a dog,8,2,cond\n")
 METHODS = {
     "none": [],
     "first_block": ["sample.cache=first_block", "sample.cache_threshold=0.3"],
@@ -64,13 +66,14 @@ def cache_runs(tiny_ckpt, tmp_path_factory):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_cache_counts_per_expert(cache_runs, method):
     out, scs = cache_runs[method]
-    for item, uncond in (("a", STEPS), ("c", STEPS - 2)):
+    for item, forwards in (("a", {"cond": STEPS, "uncond": STEPS}), ("c", {"cond": STEPS - 2, "uncond": STEPS}),
+                           ("d", {"cond": STEPS, "uncond": STEPS - 2})):
         sc = scs[item]
         cache, steps = sc["cache"], sc["expert_steps"]
-        assert sc["forwards"] == {"cond": STEPS, "uncond": uncond}
+        assert sc["forwards"] == forwards
         assert cache["method"] == method
         assert set(cache["experts"]) == {"high", "low"}
-        calls = {"high": 2 * steps["high"], "low": 2 * steps["low"] - (STEPS - uncond)}   # truncation: low expert
+        calls = {"high": 2 * steps["high"], "low": 2 * steps["low"] - (item != "a") * 2}   # truncation: low expert
         for e, c in cache["experts"].items():
             assert c["dit_calls"] == calls[e], (e, c)
             assert c["blocks_called"] == LAYERS * c["dit_calls"]

@@ -14,8 +14,7 @@ ratios the plain run calibrated (sample.cache_calibrate), as a user would. `comp
 undone). Settings run interleaved on the same videos (see bench_model). Prints a markdown table; writes
 OUT/results.json.
 
-The fidelity functions are local (`frame_psnr`, `frame_ssim`, `rel_l2`): the compare tool of the sweeps issue is not
-on main yet; they are meant to be swapped for it.
+Fidelity uses the functions of `wan-dist compare` (wan_dist/analysis/fidelity.py).
 """
 from __future__ import annotations
 
@@ -53,33 +52,12 @@ SETTINGS = {
 }
 
 
-# -- fidelity (local stand-ins for the sweeps issue's compare tool) ----------------------------------------------
-def frame_psnr(a, b) -> float:
-    """uint8 frames [F, H, W, 3]: 10 log10(255^2 / MSE) over all pixels (inf when identical)."""
-    import math
-    mse = ((a.float() - b.float()) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
-
-
-def frame_ssim(a, b) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) over frames and channels."""
-    import torch
-    import torch.nn.functional as F
-    x, y = (t.float().permute(0, 3, 1, 2).reshape(-1, 1, t.shape[1], t.shape[2]) for t in (a, b))  # [F*3,1,H,W]
-    k = min(11, x.shape[-1], x.shape[-2])
-    g = torch.exp(-((torch.arange(k) - (k - 1) / 2) ** 2) / (2 * 1.5 ** 2))
-    w = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]                                      # [1,1,k,k]
-    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
-    sxx = F.conv2d(x * x, w) - mu_x ** 2
-    syy = F.conv2d(y * y, w) - mu_y ** 2
-    sxy = F.conv2d(x * y, w) - mu_x * mu_y
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.mean().item()
-
-
-def rel_l2(a, b) -> float:
-    return ((a - b).norm() / b.norm()).item()
+# -- fidelity: the compare tool's functions (wan_dist/analysis/fidelity.py: torchmetrics PSNR / SSIM, latent L2) ---
+def fidelity(frames, latents, ref_frames, ref_latents) -> dict:
+    """PSNR (mean over frames) and SSIM of uint8 frames [F, H, W, 3], relative L2 of the final latents."""
+    from wan_dist.analysis.fidelity import frame_metrics, latent_metrics
+    f = frame_metrics(frames.cpu().numpy(), ref_frames.cpu().numpy())
+    return {"psnr": f["psnr_db"], "ssim": f["ssim"], "rel_l2": latent_metrics(latents, ref_latents)["latent_rel_l2"]}
 
 
 # -- the models ---------------------------------------------------------------------------------------------------
@@ -159,8 +137,7 @@ def measure(gen, request, v: int, plain: list | None) -> dict:
            "_latents": res.latents, "_frames": res.frames, "_ratios": c.get("mag_ratios")}
     if plain is not None:
         ref = plain[v]
-        row.update(psnr=frame_psnr(res.frames, ref["_frames"]), ssim=frame_ssim(res.frames, ref["_frames"]),
-                   rel_l2=rel_l2(res.latents, ref["_latents"]))
+        row.update(fidelity(res.frames, res.latents, ref["_frames"], ref["_latents"]))
     return row
 
 

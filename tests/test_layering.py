@@ -27,6 +27,8 @@ ALLOWED = {
     "batch": {"files", "models", "config", "observability", "pipeline", "distributed"},
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch"},
+    "gangs": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "worker",
+              "exit_codes"},
     "supervise": {"outcome", "exit_codes"},
     "download": {"models", "observability", "files", "exit_codes"},
     "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download"},

@@ -22,8 +22,9 @@ def _print_once(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def job(dc, stop=None) -> ExitCode:
-    """One Hydra job: composed DictConfig -> RunConfig -> worker.main."""
+def job(dc, stop=None, run=None) -> ExitCode:
+    """One Hydra job: composed DictConfig -> RunConfig -> `run(cfg, stop=)` (default worker.main: torchrun or one
+    process; launch/ray_run.py passes the Ray driver)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -36,12 +37,14 @@ def job(dc, stop=None) -> ExitCode:
     except ValueError as e:
         _print_once(f"config error: {e}")
         return ExitCode.USAGE
-    from .worker import main
-    return main(cfg, stop=stop)
+    if run is None:
+        from .worker import main as run
+    return run(cfg, stop=stop)
 
 
-def hydra_main(argv: list[str] | None = None) -> None:
-    """`python launch/run.py [overrides]`: never returns (exits with the run's code, see outcome.exit_with)."""
+def hydra_main(argv: list[str] | None = None, run=None) -> None:
+    """`python launch/run.py [overrides]`: never returns (exits with the run's code, see outcome.exit_with).
+    `run(cfg, stop=) -> ExitCode` runs one composed job (default: worker.main)."""
     import hydra
 
     from .batch.preempt import StopFlag
@@ -60,7 +63,7 @@ def hydra_main(argv: list[str] | None = None) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(config_mod.CONF_DIR), config_name="config")
     def _main(dc) -> None:
-        codes.append(int(job(dc, stop)))
+        codes.append(int(job(dc, stop, run)))
 
     _main()
     code = worst(codes) if codes else ExitCode.CRASH

@@ -2,6 +2,8 @@
 
     run(cfg, ctx, work) -> ExitCode      config + run context + work source in, an exit code out
     main(cfg) -> ExitCode                the torchrun / single-process path: layout check, process group, run
+A run can be one part of a larger job (`JobPart`: a Ray gang, wan_dist/gangs/): then the job's driver names the run,
+writes config.yaml and results.jsonl and holds the one metrics logger, and the part only makes its rows.
 
 Order matters (DESIGN §4-5): the config, the parallel layout, every manifest row and the checkpoint files are all
 validated before any model weight is read, and a user error (ValueError naming field, value and rule) ends the run
@@ -29,7 +31,7 @@ from .distributed.mesh import open_context
 from .distributed.parallelize import dit_shard_fn, parallelize
 from .exit_codes import ExitCode, worst
 from .models import checkpoint
-from .models.device import placement, resolve_device
+from .models.device import dtype_names, placement, resolve_device
 from .models.loading import load_models
 from .models.registry import get_model
 from .observability.figures import reduce_load
@@ -53,6 +55,16 @@ class Engine:
     placement: object
 
 
+@dataclass(frozen=True)
+class JobPart:
+    """This run is one part of a job that a driver coordinates (a Ray gang): the job's run id names every sidecar,
+    `writer` is this part's ledger/claims name (the driver releases a dead part's claims by it), `layout` is added
+    to the sidecars' layout (which gang, which rebuild)."""
+    run_id: str
+    writer: str
+    layout: dict
+
+
 def user_error(ctx: RunContext, e: ValueError) -> ExitCode:
     """One clear message, once (rank 0), no traceback; nothing was written."""
     if ctx.is_main:
@@ -66,18 +78,24 @@ def validate_inputs(cfg, ctx: RunContext, layout=None) -> list:
     return prepare_batch(cfg, ctx, layout)[0]
 
 
-def prepare_batch(cfg, ctx: RunContext, layout=None) -> tuple[list, dict]:
+def prepare_batch(cfg, ctx: RunContext, layout=None, device_type: str | None = None) -> tuple[list, dict]:
     """(items, the run part of their settings). All of it on rank 0, once, read-only: the manifest rows, the
     checkpoint files (and their identity), out_dir (a directory, no symlink where wan-dist writes) and the ids out_dir
-    already holds with other settings (batch.on_change=stop: a ValueError listing them, before any model work)."""
+    already holds with other settings (batch.on_change=stop: a ValueError listing them, before any model work).
+    `device_type`: resolve dtype=auto for that device instead of this process's (the Ray driver validates for gangs
+    that run elsewhere, e.g. on GPU nodes while the driver has none)."""
     spec = get_model(cfg.model.name)
 
     def on_main():
         items = load_items(cfg.manifest, cfg, spec) if cfg.manifest else single_prompt_items(cfg, spec)
         report = checkpoint.check(cfg.ckpt_dir, spec)
-        place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
-                          t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
-        run = settings_mod.run_settings(cfg, report.identity(), place.describe())
+        if device_type is None:
+            dtypes = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
+                               t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model,
+                               local_rank=ctx.local_rank).describe()
+        else:
+            dtypes = dtype_names(cfg.dtype, cfg.t5_dtype, cfg.vae_dtype, device_type)
+        run = settings_mod.run_settings(cfg, report.identity(), dtypes)
         items = settings_mod.attach(items, run)
         out = OutputDir(cfg.out_dir, writer="validation")
         out.check()
@@ -120,26 +138,27 @@ def build_engine(cfg, ctx: RunContext) -> Engine:
 
 
 def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, layout=None,
-        stop: StopFlag | None = None) -> ExitCode:
+        stop: StopFlag | None = None, job: JobPart | None = None) -> ExitCode:
     """One run over `work`'s rows on this process's place in the run (`ctx`); every rank of the run calls it.
     `stop`: the process's stop flag (entry.py installs one for the whole process, so a signal that arrives during
-    start-up or teardown is never fatal); a private one is installed for the run when none is given."""
+    start-up or teardown is never fatal); a private one is installed for the run when none is given.
+    `job`: set when this run is one part of a driver's job (see JobPart)."""
     ctx = ctx or RunContext()
     work = work or make_source(cfg.work)
     stop = (stop or StopFlag()).install()  # a stop signal during validation or loading ends at the first safe point
     try:
-        return _run(cfg, ctx, work, stop, layout)
+        return _run(cfg, ctx, work, stop, layout, job)
     finally:
         stop.restore()
 
 
-def _run(cfg, ctx, work, stop, layout) -> ExitCode:
+def _run(cfg, ctx, work, stop, layout, job=None) -> ExitCode:
     try:
         items, run_settings = prepare_batch(cfg, ctx, layout)
-        out = OutputDir(cfg.out_dir, claim_timeout_s=cfg.batch.claim_timeout_s)
-        doc = {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
-               "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
-               "run_id": out.writer}
+        out = OutputDir(cfg.out_dir, writer=job.writer if job else None, claim_timeout_s=cfg.batch.claim_timeout_s)
+        doc = None if job else {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
+                                "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
+                                "run_id": out.writer}
         kind, run_id = ctx.share_from_main(lambda: open_out_dir(out, doc))   # the main rank's writer names the run
     except ValueError as e:
         return user_error(ctx, e)
@@ -147,25 +166,11 @@ def _run(cfg, ctx, work, stop, layout) -> ExitCode:
         if ctx.is_main:
             print(f"error: {run_id}", file=sys.stderr, flush=True)
         return ExitCode.IOERR
-    engine = build_engine(cfg, ctx)
-    spec = get_model(cfg.model.name)
-    progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
-    engine.generator.on_step = progress.step
+    if job is not None:
+        return _run_part(cfg, ctx, work, stop, items, run_settings, out, job)
     sink = make_sink(cfg, out.root, is_logger=ctx.is_main, run_id=run_id)
     sink.log_config(config_mod.to_dict(cfg))
-    run_info = {"run_id": run_id, "model_load_s": round(engine.model_load_s, 6), "load_seconds": engine.load_seconds,
-                "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
-                "ckpt_dir": str(cfg.ckpt_dir)}
-    layout_info = {**ctx.describe(), **engine.parallel.describe()}
-    runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
-                         model_load_s=engine.model_load_s, run_info=run_info, layout=layout_info, sink=sink,
-                         progress=progress, stop=stop, run_settings=run_settings)
-    if ctx.is_main:
-        log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest, work source %s", spec.name,
-                 engine.model_load_s, run_info["dtype"], run_info["device"], len(items), work.name)
-    summary = runner.run(items)
-    ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
-    total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
+    engine, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, {})
     code = outcome(total)
     if ctx.is_main:
         out.ledger.write_merged_view()
@@ -176,6 +181,39 @@ def _run(cfg, ctx, work, stop, layout) -> ExitCode:
     sink.close()
     out.drop_partial()
     return code
+
+
+def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink,
+               extra_layout: dict) -> tuple[Engine, Summary]:
+    """Load, parallelize, run the batch over the work source; the run's total Summary (every rank agrees)."""
+    engine = build_engine(cfg, ctx)
+    spec = get_model(cfg.model.name)
+    progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
+    engine.generator.on_step = progress.step
+    run_info = {"run_id": run_id, "model_load_s": round(engine.model_load_s, 6), "load_seconds": engine.load_seconds,
+                "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
+                "ckpt_dir": str(cfg.ckpt_dir)}
+    layout_info = {**ctx.describe(), **engine.parallel.describe(), **extra_layout}
+    runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
+                         model_load_s=engine.model_load_s, run_info=run_info, layout=layout_info, sink=sink,
+                         progress=progress, stop=stop, run_settings=run_settings)
+    if ctx.is_main:
+        log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest, work source %s", spec.name,
+                 engine.model_load_s, run_info["dtype"], run_info["device"], len(items), work.name)
+    summary = runner.run(items)
+    ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
+    total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
+    return engine, total
+
+
+def _run_part(cfg, ctx, work, stop, items, run_settings, out, job: JobPart) -> ExitCode:
+    """One part of a driver's job: no config.yaml, no results.jsonl, no logger here (the driver owns them)."""
+    from .observability.sinks import NullSink
+    _, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, job.run_id, NullSink(), job.layout)
+    if ctx.is_main:
+        log.info("summary of this part: %s", total.line())
+    out.drop_partial()
+    return outcome(total)
 
 
 def outcome(s: Summary) -> ExitCode:

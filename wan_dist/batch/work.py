@@ -10,7 +10,8 @@ it, whatever the source.
             goes to g = i % (K*dp). Deterministic: every task computes the same split from the same manifest
     queue   every row, each replica starting at its own offset and wrapping around; a row is taken by whichever
             replica claims it first, so fast replicas take more rows (a lease = a claim; ack = the ledger line)
-Ray gangs bring their own source (a lease from the driver's dispenser) with the same interface.
+Ray gangs bring their own source (a lease from the driver's queue, wan_dist/gangs/lease.py) with the same interface;
+it also retries a failed row (`retry`) until ray.max_item_attempts.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class WorkSource(Protocol):
     def next(self) -> Item | None: ...
 
     def done(self, item: Item, outcome: str) -> None: ...   # ok | failed | skipped | held | stopped
+
+    def retry(self, item: Item) -> bool: ...   # run it even if the ledger says failed (the source retries it)
 
     def describe(self) -> dict: ...
 
@@ -54,6 +57,9 @@ class _ListSource:
 
     def done(self, item: Item, outcome: str) -> None:
         pass
+
+    def retry(self, item: Item) -> bool:
+        return False                    # a failed row is retried only with batch.retry_failed=true
 
     def describe(self) -> dict:
         return {"source": self.name, "candidates": len(self._todo)}

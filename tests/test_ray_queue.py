@@ -11,7 +11,7 @@ from wan_dist import config as config_mod
 from wan_dist.batch.claims import Claims
 from wan_dist.batch.manifest import Item
 from wan_dist.batch.outputs import OutputDir
-from wan_dist.gangs.driver import queue_rows, release_writer, resolve
+from wan_dist.gangs.driver import check_address, queue_rows, release_writer, resolve
 from wan_dist.gangs.placement import check_fits
 from wan_dist.gangs.queue import RowQueue
 
@@ -130,3 +130,13 @@ def test_placement_check_names_the_short_resource():
         check_fits(nodes, r, 2)
     with pytest.raises(ValueError, match=r"CPU short: the largest node has 8 CPU"):
         check_fits(nodes, _cfg("ray.gpus_per_rank=0", "ray.cpus_per_rank=3").ray, 3)
+
+
+def test_an_address_where_nothing_listens_is_a_usage_error_not_a_long_wait():
+    import socket
+    with socket.socket() as sock:                 # a port that was free a moment ago: nothing listens there now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ValueError, match=rf"ray.address='127.0.0.1:{port}': no Ray cluster answers there"):
+        check_address(f"127.0.0.1:{port}")
+    check_address("auto")                          # resolved by Ray itself

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 
@@ -62,15 +63,34 @@ def resolve(cfg):
     return cfg, check_layout(cfg, size), size
 
 
+def check_address(address: str) -> None:
+    """A HOST:PORT address must answer: ray.init waits minutes for a GCS that is not there."""
+    if address in ("local", "auto") or address.startswith("ray://"):
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise ValueError(f"ray.address={address!r}: no Ray cluster answers there ({e}); give the head's GCS "
+                         "address (`ray status` on the head shows it), or auto on a cluster node") from None
+
+
 def connect(r) -> bool:
     """Connect to (or, address=local, start) Ray unless this process already did; True when it started here."""
     import ray
     if ray.is_initialized():
         return False
-    if r.address == "local":     # a private one-machine Ray: loopback only, no dashboard
-        ray.init(address="local", _node_ip_address="127.0.0.1", _temp_dir=r.temp_dir, include_dashboard=False)
-    else:
-        ray.init(address=r.address)
+    check_address(r.address)
+    try:
+        if r.address == "local":     # a private one-machine Ray: loopback only, no dashboard
+            ray.init(address="local", _node_ip_address="127.0.0.1", _temp_dir=r.temp_dir, include_dashboard=False)
+        else:
+            ray.init(address=r.address)
+    except (ConnectionError, RuntimeError, ValueError) as e:     # no cluster there, version mismatch, ...
+        lines = str(e).strip().splitlines()
+        raise ValueError(f"ray.address={r.address!r}: cannot start or join Ray ({type(e).__name__}: "
+                         f"{lines[0] if lines else ''}); use local, auto (with a running cluster or RAY_ADDRESS), "
+                         "ray://HOST:PORT or a cluster's HOST:PORT") from None
     return True
 
 
@@ -85,7 +105,10 @@ def main(cfg, stop: StopFlag | None = None, *, static_split: bool = False) -> Ex
             items = validate_inputs(cfg, RunContext(), lay)
         except ValueError as e:
             return user_error(RunContext(), e)
-        started = connect(cfg.ray)
+        try:
+            started = connect(cfg.ray)
+        except ValueError as e:
+            return user_error(RunContext(), e)
         stop.reclaim()                         # ray.init replaced the SIGTERM handler with one that exits at once
         try:
             return Job(cfg, size, items, stop, static_split).run()

@@ -26,14 +26,12 @@ class JobProgress:
         final = e.get("final")
         if final is not None:
             self.n += 1
-        if not self.enabled:
-            return
-        if e["outcome"] in ("failed", "lost"):
+        if e["outcome"] in ("failed", "lost"):        # a warning, shown even with batch.progress=false
             then = "recorded failed" if final == "failed" else "queued again"
             log.warning("row %s %s on gang %d (attempt %d of %d): %s", e["id"],
                         "failed" if e["outcome"] == "failed" else "lost with its gang", e["gang"], e["attempt"],
                         max_attempts, then)
-        if final is None:
+        if final is None or not self.enabled:
             return
         if self._bar is not None:
             self._bar.update(1)

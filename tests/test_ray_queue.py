@@ -11,7 +11,8 @@ from wan_dist import config as config_mod
 from wan_dist.batch.claims import Claims
 from wan_dist.batch.manifest import Item
 from wan_dist.batch.outputs import OutputDir
-from wan_dist.gangs.driver import check_address, queue_rows, release_writer, resolve
+from wan_dist.gangs.driver import check_address, resolve
+from wan_dist.gangs.rows import queue_rows, release_writer
 from wan_dist.gangs.placement import check_fits
 from wan_dist.gangs.queue import RowQueue
 

@@ -19,6 +19,10 @@ TEST HOOKS (environment variables, read per item; never set them in production):
                                             no sidecar / ledger line yet) or `after_sidecar`; only in the first
                                             attempt (TORCHELASTIC_RESTART_COUNT unset or 0, and no leftovers of an
                                             earlier attempt at the item), so a restart or a rebuilt Ray gang completes.
+                                            `every_start`: at the start of EVERY attempt under a Ray gang (a poison
+                                            row that kills each gang that takes it; no leftovers to tell attempts by).
+  WAN_DIST_TEST_ITEM_SLEEP=<id>:<s>[,...]   item <id> sleeps <s> seconds inside its timed work: a replica whose work
+                                            does not load this host's CPUs (a GPU), for bench/queue_balance.py.
 """
 from __future__ import annotations
 
@@ -136,6 +140,13 @@ def load_image(path: str | None):
     from PIL import Image
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def _test_hook_sleep(item_id: str) -> None:
+    for part in filter(None, os.environ.get("WAN_DIST_TEST_ITEM_SLEEP", "").split(",")):
+        key, _, seconds = part.rpartition(":")
+        if key == item_id:
+            time.sleep(float(seconds))
 
 
 def _test_hook_kill(item_id: str, stage: str, redo: bool = False) -> None:
@@ -373,8 +384,10 @@ class BatchRunner:
     def run_one(self, it: Item, summary: Summary, changed: list[str] | None = None) -> bool | None:
         """True ok, False failed (recorded), None preempted mid-item (nothing written)."""
         req = it.request
+        _test_hook_kill(req.id, "every_start")
         timer = StageTimer(self.gen.device)
         t0 = time.perf_counter()
+        _test_hook_sleep(req.id)
         err = None
         # 1. the image (may have changed or vanished since validation)
         try:

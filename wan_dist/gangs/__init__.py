@@ -5,5 +5,7 @@
     rank.py       Rank: one rank actor (its own process group with the other ranks of its gang, worker.run)
     placement.py  what a gang needs and whether the cluster can hold it (clear errors instead of a pending hang)
     gang.py       Gang: one placement group + its rank actors; start, stop, kill
-    driver.py     the job: validate, connect, place, watch, rebuild dead gangs, log, exit code
+    rows.py       the queue rebuilt from the ledger; a dead gang's claims and temp files released
+    job.py        Job: place, watch, rebuild dead gangs, log, exit code
+    driver.py     main: resolve the gang, validate (exit 2 before Ray starts), connect, run the Job
 """

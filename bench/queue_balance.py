@@ -11,9 +11,9 @@ Two kinds of work:
   gpu-like  every row is a light real item (2 steps, 32*32) plus WAN_DIST_TEST_ITEM_SLEEP seconds inside its timed
             work (heavy rows more): the gangs do not compete for this host's CPUs, as replicas on their own GPUs do
             not. This is what the queue is for.
-  cpu       heavy rows really compute more (steps, frames, pixels). On a host whose cores both gangs share (the
-            2-core test machine: two SMT threads), total throughput is fixed and no split can beat another; reported
-            to show exactly that.
+  cpu       heavy rows really compute more (steps, frames, pixels). On a host whose CPUs both gangs share (the
+            busy 2-vCPU test machine), the total throughput is about fixed and no split can beat another by much;
+            reported to show exactly that.
 Row orders: `alternate` (heavy rows at even positions: the static split gives one gang every heavy row) and
 `shuffle` (a seeded random order).
 

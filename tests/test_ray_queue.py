@@ -11,7 +11,7 @@ from wan_dist import config as config_mod
 from wan_dist.batch.claims import Claims
 from wan_dist.batch.manifest import Item
 from wan_dist.batch.outputs import OutputDir
-from wan_dist.gangs.driver import check_address, resolve
+from wan_dist.gangs.driver import check_address, gang_device, resolve
 from wan_dist.gangs.rows import queue_rows, release_writer
 from wan_dist.gangs.placement import check_fits
 from wan_dist.gangs.queue import RowQueue
@@ -77,19 +77,25 @@ def test_static_split_gives_each_gang_only_its_own_rows():
     assert q.lease(0) == (0, 1) and q.lease(0) == (2, 1)
 
 
-def _items(ids):
-    return [Item(i, i + 2, SimpleNamespace(id=x)) for i, x in enumerate(ids)]
+def _items(ids, settings="h1"):
+    return [Item(i, i + 2, SimpleNamespace(id=x), settings=settings) for i, x in enumerate(ids)]
 
 
 def test_queue_rebuilt_from_the_ledger(tmp_path):
     out = OutputDir(tmp_path / "out", writer="w1")
     out.prepare()
-    out.append_ledger({"id": "b", "status": "failed", "error": "x"})
-    out.append_ledger({"id": "c", "status": "ok"})          # no files behind it: not complete, made again
-    rows, complete, failed = queue_rows(_items("abc"), OutputDir(out.root, writer="w2"), retry_failed=False)
+    out.append_ledger({"id": "b", "status": "failed", "error": "x", "settings": "h1"})
+    out.append_ledger({"id": "c", "status": "ok", "settings": "h1"})   # no files behind it: not complete, made again
+    reader = OutputDir(out.root, writer="w2")
+    rows, complete, failed = queue_rows(_items("abc"), reader, retry_failed=False, on_change="stop")
     assert rows == [(0, "a"), (2, "c")] and (complete, failed) == (0, 1)
-    rows, _, failed = queue_rows(_items("abc"), OutputDir(out.root, writer="w2"), retry_failed=True)
+    rows, _, failed = queue_rows(_items("abc"), reader, retry_failed=True, on_change="stop")
     assert rows == [(0, "a"), (1, "b"), (2, "c")] and failed == 0
+    # b failed with other settings: queued for the gang's runner to apply batch.on_change (redo / stop), not for keep
+    rows, _, failed = queue_rows(_items("abc", settings="h2"), reader, retry_failed=False, on_change="redo")
+    assert rows == [(0, "a"), (1, "b"), (2, "c")] and failed == 0
+    rows, _, failed = queue_rows(_items("abc", settings="h2"), reader, retry_failed=False, on_change="keep")
+    assert rows == [(0, "a"), (2, "c")] and failed == 1
 
 
 def test_a_dead_gangs_claims_and_temp_files_are_released(tmp_path):
@@ -141,3 +147,13 @@ def test_an_address_where_nothing_listens_is_a_usage_error_not_a_long_wait():
     with pytest.raises(ValueError, match=rf"ray.address='127.0.0.1:{port}': no Ray cluster answers there"):
         check_address(f"127.0.0.1:{port}")
     check_address("auto")                          # resolved by Ray itself
+
+
+def test_the_driver_checks_settings_for_the_gangs_device_not_its_own():
+    from wan_dist.models.device import dtype_names
+    assert gang_device(_cfg("device=auto", "ray.gpus_per_rank=1")) == "cuda"   # dtype=auto: bf16 there
+    assert gang_device(_cfg("ray.gpus_per_rank=1")) == "cpu"          # device=cpu given: as given
+    assert gang_device(_cfg("device=auto", "ray.gpus_per_rank=0")) == "cpu"
+    assert dtype_names("auto", "auto", "fp32", "cuda") == {"dtype": "bfloat16", "t5_dtype": "bfloat16",
+                                                           "vae_dtype": "float32"}
+    assert dtype_names("auto", "fp32", "fp32", "cpu")["dtype"] == "float32"

@@ -25,7 +25,7 @@ from ..distributed.context import RunContext
 from ..distributed.layout import check_layout
 from ..exit_codes import ExitCode
 from ..observability.logs import setup_logging
-from ..worker import user_error, validate_inputs
+from ..worker import prepare_batch, user_error
 from .job import Job
 
 log = logging.getLogger("wan_dist.ray")
@@ -47,6 +47,18 @@ def resolve(cfg):
                 if getattr(cfg, k) is not None}             # the rank actors' working directory is not ours
     cfg = dataclasses.replace(cfg, **absolute)
     return cfg, check_layout(cfg, size), size
+
+
+def gang_device(cfg) -> str:
+    """The device type the gangs' ranks will run on (Ray gives a rank GPUs only when ray.gpus_per_rank > 0): the
+    driver resolves dtype=auto for it, so the settings it checks are the ones the gangs record."""
+    if cfg.device != "auto":
+        return cfg.device
+    return "cuda" if cfg.ray.gpus_per_rank > 0 else "cpu"
+
+
+def validate_inputs(cfg, ctx, layout, device_type: str) -> list:
+    return prepare_batch(cfg, ctx, layout, device_type)[0]
 
 
 def check_address(address: str) -> None:
@@ -91,7 +103,7 @@ def main(cfg, stop: StopFlag | None = None, *, static_split: bool = False) -> Ex
     try:
         try:
             cfg, lay, size = resolve(cfg)
-            items = validate_inputs(cfg, RunContext(), lay)
+            items = validate_inputs(cfg, RunContext(), lay, gang_device(cfg))
         except ValueError as e:
             return user_error(RunContext(), e)
         try:

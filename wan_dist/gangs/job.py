@@ -18,7 +18,7 @@ import sys
 import time
 
 from .. import config as config_mod
-from ..batch.outputs import OutputDir
+from ..batch.outputs import OutputDir, OutputsUnwritable
 from ..batch.preempt import StopFlag
 from ..batch.runner import Summary
 from ..exit_codes import ExitCode, worst
@@ -83,15 +83,25 @@ class Job:
             log.warning("stopped by %s while placing the gangs; nothing was run", signal.Signals(self.stop.signum).name)
             return ExitCode.TEMPFAIL
         out = self.out = OutputDir(self.cfg.out_dir, claim_timeout_s=self.cfg.batch.claim_timeout_s)
-        out.prepare()
         self.run_id = out.writer
-        rows, complete, failed_before = queue_rows(self.items, out, self.cfg.batch.retry_failed)
-        out.write_config({"config": config_mod.to_dict(self.cfg), "versions": versions(),
-                          "layout": {"launcher": "ray", "gangs": self.r.gangs, "gang_size": self.size,
-                                     **config_mod.to_dict(self.cfg)["parallel"], "dp": self.r.gangs},
-                          "work": {"source": "ray-queue", "rows": len(rows), "complete": complete,
-                                   "failed_before": failed_before, "static_split": self.static_split},
-                          "argv": sys.argv[1:], "run_id": self.run_id})
+        rows, complete, failed_before = queue_rows(self.items, out, self.cfg.batch.retry_failed,
+                                                   self.cfg.batch.on_change)
+        try:
+            out.prepare({"config": config_mod.to_dict(self.cfg), "versions": versions(),
+                         "layout": {"launcher": "ray", "gangs": self.r.gangs, "gang_size": self.size,
+                                    **config_mod.to_dict(self.cfg)["parallel"], "dp": self.r.gangs},
+                         "work": {"source": "ray-queue", "rows": len(rows), "complete": complete,
+                                  "failed_before": failed_before, "static_split": self.static_split},
+                         "argv": sys.argv[1:], "run_id": self.run_id})
+        except OutputsUnwritable as e:
+            for g in first:
+                g.release()
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return ExitCode.IOERR
+        except ValueError:
+            for g in first:
+                g.release()
+            raise
         assign = {i: idx % self.r.gangs for idx, i in rows} if self.static_split else None
         self.dispenser = ray.remote(RowQueue).options(num_cpus=0, max_restarts=0).remote(
             rows, self.r.max_item_attempts, assign)

@@ -57,10 +57,6 @@ def gang_device(cfg) -> str:
     return "cuda" if cfg.ray.gpus_per_rank > 0 else "cpu"
 
 
-def validate_inputs(cfg, ctx, layout, device_type: str) -> list:
-    return prepare_batch(cfg, ctx, layout, device_type)[0]
-
-
 def check_address(address: str) -> None:
     """A HOST:PORT address must answer: ray.init waits minutes for a GCS that is not there."""
     if address in ("local", "auto") or address.startswith("ray://"):
@@ -103,7 +99,7 @@ def main(cfg, stop: StopFlag | None = None, *, static_split: bool = False) -> Ex
     try:
         try:
             cfg, lay, size = resolve(cfg)
-            items = validate_inputs(cfg, RunContext(), lay, gang_device(cfg))
+            items, run_settings = prepare_batch(cfg, RunContext(), lay, gang_device(cfg))
         except ValueError as e:
             return user_error(RunContext(), e)
         try:
@@ -112,7 +108,7 @@ def main(cfg, stop: StopFlag | None = None, *, static_split: bool = False) -> Ex
             return user_error(RunContext(), e)
         stop.reclaim()                         # ray.init replaced the SIGTERM handler with one that exits at once
         try:
-            return Job(cfg, size, items, stop, static_split).run()
+            return Job(cfg, size, items, run_settings, stop, static_split).run()
         except ValueError as e:
             return user_error(RunContext(), e)
         finally:

@@ -19,6 +19,7 @@ import time
 
 from .. import config as config_mod
 from ..batch.outputs import OutputDir, OutputsUnwritable
+from ..batch.settings import fields_record
 from ..batch.preempt import StopFlag
 from ..batch.runner import Summary
 from ..exit_codes import ExitCode, worst
@@ -35,8 +36,9 @@ POLL_S = 0.5
 
 
 class Job:
-    def __init__(self, cfg, size: int, items, stop: StopFlag, static_split: bool):
+    def __init__(self, cfg, size: int, items, run_settings: dict, stop: StopFlag, static_split: bool):
         self.cfg, self.r, self.size, self.items, self.stop = cfg, cfg.ray, size, items, stop
+        self.run_settings = run_settings
         self.by_id = {it.request.id: it for it in items}
         self.static_split = static_split
         self.stopping: str | None = None       # why the gangs were asked to stop
@@ -175,7 +177,10 @@ class Job:
             it = self.by_id[f["id"]]
             msg = f"its gang died while making it, {f['attempts']} time(s) (ray.max_item_attempts); last: {short(err)}"
             log.error("row %s recorded failed: %s", f["id"], msg)
-            self.out.append_ledger({"id": f["id"], "status": "failed", "error": msg, "row": it.line})
+            self.out.append_ledger({"id": f["id"], "status": "failed", "error": msg, "row": it.line,
+                                    "settings": it.settings,   # as the runner records a failure: not a "change"
+                                    "settings_fields": fields_record(self.run_settings, it.request,
+                                                                     it.image_digest)})
         release_writer(self.out, g.writer)
         if self.stopping:
             return

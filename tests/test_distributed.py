@@ -1,10 +1,12 @@
 """Distributed layouts on CPU/gloo, 2 processes (torchrun --standalone: a free port, never a fixed one).
 
 For each tiny model, the latents and decoded frames of fsdp (across the cfg halves), ulysses=2, cfg=2, dp=2 and
-fsdp+ulysses=2 equal the single-process result (max |d| <= 1e-5 in fp32 latents). All 20 runs share ONE torchrun
-launch (tests/dist_worker.py) to keep the start-up cost at ~5 s. Plus: uneven splits never hang (3 rows on 2
-replicas here, 1 row on 4 replicas in a 4-process launch), several writers keep results.jsonl whole, and a bad
-layout exits with code 2 before any process group exists.
+fsdp+ulysses=2 equal the single-process result (max |d| <= 1e-5 in fp32 latents), with one CFG-truncated step per
+video in the default keep mode (uncond: the cond half idles); for the MoE model also cfg=2 and fsdp with
+keep=cond (the uncond half idles). All 23 runs share ONE torchrun launch (tests/dist_worker.py) to keep the
+start-up cost at ~5 s. Plus: uneven splits never hang (3 rows on 2 replicas here, 1 row on 4 replicas in a
+4-process launch), several writers keep results.jsonl whole, and a bad layout exits with code 2 before any process
+group exists.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ LAYOUTS = {
 }
 COMMON = ["sample.steps=3", "sample.frame_num=13", "sample.size=32*32", "sample.cfg_truncate_steps=1",
           "batch.progress=false"]
+# keep=cond on the tiny MoE model: the other half idles (compared with a single-process keep=cond run)
+KEEP_COND = {"cfg_keep_cond": LAYOUTS["cfg"], "fsdp_keep_cond": LAYOUTS["fsdp"]}
 LATENT_TOL = 1e-5
 VIDEO_TOL = 1e-4
 
@@ -71,6 +75,20 @@ def layout_runs(tiny_ckpt, test_image, tmp_path_factory):
             runs.append({"model": model, "layout": name, "dump": str(tmp / f"dump-{model}-{name}"),
                          "out": str(tmp / f"out-{model}-{name}"),
                          "overrides": overrides(model, ckpt, man, tmp / f"out-{model}-{name}") + extra})
+    model, ckpt = "tiny-t2v-moe", tiny_ckpt("tiny-t2v-moe")
+    man = manifest(tmp, model, test_image)
+    ref = tmp / "ref-keep-cond"
+    os.environ[DUMP_ENV] = str(ref)
+    try:
+        assert run(config_mod.compose(overrides(model, ckpt, man, tmp / "out-ref-keep-cond")
+                                      + ["sample.cfg_truncate_keep=cond"])) == 0
+    finally:
+        del os.environ[DUMP_ENV]
+    refs["keep_cond"] = [torch.load(ref / f"rank0_{k}.pt") for k in range(2)]
+    for name, extra in KEEP_COND.items():
+        runs.append({"model": model, "layout": name, "dump": str(tmp / f"dump-{name}"), "out": str(tmp / f"out-{name}"),
+                     "overrides": overrides(model, ckpt, man, tmp / f"out-{name}") + extra
+                     + ["sample.cfg_truncate_keep=cond"]})
     # uneven split: 3 rows over 2 replicas
     man3 = manifest(tmp, "tiny-t2v", test_image, rows=3)
     runs.append({"model": "tiny-t2v", "layout": "dp3", "dump": str(tmp / "dump-dp3"), "out": str(tmp / "out-dp3"),
@@ -87,11 +105,12 @@ def _dumps(run) -> dict[tuple[int, int], dict]:
     return {(int(p.stem[4:].split("_")[0]), int(p.stem.split("_")[1])): torch.load(p) for p in d.glob("rank*_*.pt")}
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("model,layout", [(m, lay) for m in MODELS for lay in LAYOUTS]
+                         + [("tiny-t2v-moe", lay) for lay in KEEP_COND])
 def test_layout_matches_single_process(layout_runs, model, layout):
     runs, refs = layout_runs
     run = next(r for r in runs if r["model"] == model and r["layout"] == layout)
+    ref_rows = refs["keep_cond" if layout in KEEP_COND else model]
     for rank in (0, 1):
         assert Path(run["dump"], f"rc{rank}").read_text() == "0"
     dumps = _dumps(run)
@@ -99,12 +118,15 @@ def test_layout_matches_single_process(layout_runs, model, layout):
     expect = {(0, 0): 0, (1, 0): 1} if layout == "dp" else {(0, 0): 0, (0, 1): 1, (1, 0): 0, (1, 1): 1}
     assert set(dumps) == set(expect)
     for key, row in expect.items():
-        got, ref = dumps[key], refs[model][row]
+        got, ref = dumps[key], ref_rows[row]
         assert (got["latents"] - ref["latents"]).abs().max().item() <= LATENT_TOL, (key, layout)
         assert got["video"].shape == ref["video"].shape
         assert (got["video"] - ref["video"]).abs().max().item() <= VIDEO_TOL, (key, layout)
-        if layout in ("cfg", "fsdp"):
-            assert got["describe"]["cfg"] == 2 and got["describe"]["cfg_idle_steps"] > 0
+        if layout in ("cfg", "fsdp", *KEEP_COND):
+            # one truncated step per video: the half whose pass is not kept idled (cumulative over the run)
+            idle = got["describe"]["cfg_idle_by_half"]
+            assert got["describe"]["cfg"] == 2 and got["describe"]["cfg_idle_steps"] == row + 1
+            assert idle == ({"cond": 0, "uncond": row + 1} if layout in KEEP_COND else {"cond": row + 1, "uncond": 0})
     ledger = [json.loads(line) for line in Path(run["out"], "results.jsonl").read_text().splitlines()]
     assert sorted(x["id"] for x in ledger) == ["r0", "r1"] and all(x["status"] == "ok" for x in ledger)
     writers = {x["writer"] for x in ledger}            # one ledger file per writer: one per replica

@@ -183,6 +183,7 @@ def test_wandb_offline_run_files(runs):
         mine = sorted((r for r in srows if r["id"] == vid), key=lambda r: r["step"])
         assert [r["seconds"] for r in mine] == pytest.approx(sc["per_step_s"])
         assert [r["expert"] for r in mine] == sc["step_experts"]
+        assert [r["passes"] for r in mine] == sc["step_passes"] and "passes" in st["columns"]
     # the per-step series in the .wandb history
     wfile = next(rd.glob("run-*.wandb"))
     hist = offline_history(wfile)
@@ -385,6 +386,14 @@ def test_report_empty_dir_is_an_error(tmp_path, capsys):
     from wan_dist.cli import main
     assert main(["report", str(tmp_path)]) == 1
     assert "no sidecars" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["report", "compare"])
+def test_report_and_compare_of_a_missing_dir_is_an_error_not_a_traceback(tmp_path, capsys, command):
+    from wan_dist.cli import main
+    assert main([command, str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "no such directory" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- progress

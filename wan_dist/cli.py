@@ -71,6 +71,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "decode": ("saved latents (output.save_latents=true) back into an mp4, with the checkpoint's VAE",
                lambda p: __import__("wan_dist.batch.redecode", fromlist=["x"]).add_args(p),
                lambda a: __import__("wan_dist.batch.redecode", fromlist=["x"]).run_cli(a)),
+    "compare": ("what each setting of a sweep costs and changes against the baseline (forwards and time saved, "
+                "PSNR/SSIM of the frames, latent distance) into SWEEP_DIR/compare/",
+                lambda p: __import__("wan_dist.analysis.compare", fromlist=["x"]).add_args(p),
+                lambda a: __import__("wan_dist.analysis.compare", fromlist=["x"]).run_cli(a)),
 }
 
 

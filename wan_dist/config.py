@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 SOLVERS = ("unipc", "dpm++")
+TRUNCATE_KEEP = ("uncond", "cond")    # pipeline.schedule.KEEP_MODES (config sits below pipeline: no import)
 WORK_SOURCES = ("static", "array", "queue")
 LOGGERS = ("none", "wandb")
 DEVICES = ("auto", "cpu", "cuda")
@@ -63,10 +64,14 @@ class SampleConfig:
     frame_num: Optional[int] = _doc("override model.frame_num; corrected to 4n+1 with a warning", None)
     negative_prompt: Optional[str] = _doc("null = the native default negative prompt", None)
     seed: int = _doc("run seed; a row without a seed gets one derived from this and its id", 42, video=False)
-    cfg_truncate_steps: int = _doc("skip the unconditional pass in the last N steps of the low-noise expert "
-                                   "(of the whole run for single-expert models)", 0)
-    cfg_truncate_high_noise_steps: int = _doc("skip the unconditional pass in the last M high-noise steps "
+    cfg_truncate_steps: int = _doc("CFG truncation window of the low-noise expert: the last N steps of the run "
+                                   "(N <= the low-noise steps; single-expert models: the whole run) run one "
+                                   "forward, see cfg_truncate_keep", 0)
+    cfg_truncate_high_noise_steps: int = _doc("CFG truncation window of the high-noise expert: its last M steps "
                                               "before the expert switch (MoE only)", 0)
+    cfg_truncate_keep: str = _doc("the pass a truncated step runs, its prediction used alone: uncond (the seed's "
+                                  "tool: the conditional forward is skipped) or cond (the unconditional forward is "
+                                  "skipped, the 'guidance interval' variant)", "uncond")
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,7 @@ VALUE_RULES = {
     "seed": _seed,
     "solver": lambda field, v: _choice(field, v, SOLVERS),
     "fps": _range(1, 1000, " (frames per second of the mp4)"),
+    "cfg_truncate_keep": lambda field, v: _choice(field, v, TRUNCATE_KEEP),
 }
 
 

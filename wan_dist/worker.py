@@ -2,20 +2,26 @@
 
     run(cfg, ctx, work) -> ExitCode      config + run context + work source in, an exit code out
     main(cfg) -> ExitCode                the torchrun / single-process path: layout check, process group, run
+    Session                              what a process keeps across runs (the jobs of a Hydra sweep): the process
+                                         group with a mesh per layout, and the loaded models (EngineCache)
 A run can be one part of a larger job (`JobPart`: a Ray gang, wan_dist/gangs/): then the job's driver names the run,
 writes config.yaml and results.jsonl and holds the one metrics logger, and the part only makes its rows.
 
 Order matters (DESIGN §4-5): the config, the parallel layout, every manifest row and the checkpoint files are all
 validated before any model weight is read, and a user error (ValueError naming field, value and rule) ends the run
-with ExitCode.USAGE and nothing written. Then: models loaded once (sharded while loading when FSDP asks for it),
-parallelized, the generator built, the batch runner run over the work source's rows, the outcome agreed by every rank.
+with ExitCode.USAGE and nothing written. Then: models loaded once (sharded while loading when FSDP asks for it;
+reused from the EngineCache when an earlier run of this process loaded the same ones), parallelized, the generator
+built, the batch runner run over the work source's rows, the outcome agreed by every rank.
 """
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import config as config_mod
 from .batch import changes as changes_mod
@@ -27,7 +33,7 @@ from .batch.runner import BatchRunner, Summary
 from .batch.work import WorkSource, make_source
 from .distributed.context import RunContext, env_world
 from .distributed.layout import check_items, check_layout
-from .distributed.mesh import open_context
+from .distributed.mesh import MeshCache
 from .distributed.parallelize import dit_shard_fn, parallelize
 from .exit_codes import ExitCode, worst
 from .models import checkpoint
@@ -78,17 +84,30 @@ def validate_inputs(cfg, ctx: RunContext, layout=None) -> list:
     return prepare_batch(cfg, ctx, layout)[0]
 
 
-def prepare_batch(cfg, ctx: RunContext, layout=None, device_type: str | None = None) -> tuple[list, dict]:
+def check_checkpoint(cfg, spec, checked: dict | None = None):
+    """checkpoint.check, once per process per (model, checkpoint fingerprint) when `checked` (the EngineCache's) is
+    given: a sweep's later jobs do not re-read the same unchanged files; a change of any file's size or mtime
+    checks again."""
+    if checked is None or not Path(cfg.ckpt_dir).is_dir():
+        return checkpoint.check(cfg.ckpt_dir, spec)
+    key = (spec.name, _ckpt_fingerprint(cfg.ckpt_dir))
+    if key not in checked:
+        checked[key] = checkpoint.check(cfg.ckpt_dir, spec)
+    return checked[key]
+
+
+def prepare_batch(cfg, ctx: RunContext, layout=None, checked: dict | None = None,
+                  device_type: str | None = None) -> tuple[list, dict]:
     """(items, the run part of their settings). All of it on rank 0, once, read-only: the manifest rows, the
-    checkpoint files (and their identity), out_dir (a directory, no symlink where wan-dist writes) and the ids out_dir
-    already holds with other settings (batch.on_change=stop: a ValueError listing them, before any model work).
-    `device_type`: resolve dtype=auto for that device instead of this process's (the Ray driver validates for gangs
-    that run elsewhere, e.g. on GPU nodes while the driver has none)."""
+    checkpoint files (and their identity; `checked`: see check_checkpoint), out_dir (a directory, no symlink where
+    wan-dist writes) and the ids out_dir already holds with other settings (batch.on_change=stop: a ValueError
+    listing them, before any model work). `device_type`: resolve dtype=auto for that device instead of this
+    process's (the Ray driver validates for gangs that run elsewhere, e.g. on GPU nodes while the driver has none)."""
     spec = get_model(cfg.model.name)
 
     def on_main():
         items = load_items(cfg.manifest, cfg, spec) if cfg.manifest else single_prompt_items(cfg, spec)
-        report = checkpoint.check(cfg.ckpt_dir, spec)
+        report = check_checkpoint(cfg, spec, checked)
         if device_type is None:
             dtypes = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
                                t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model,
@@ -137,24 +156,105 @@ def build_engine(cfg, ctx: RunContext) -> Engine:
     return Engine(gen, par, load_s, load_seconds, models.stats.checkpoint_dtype, place)
 
 
+def _ckpt_fingerprint(ckpt_dir) -> tuple:
+    """The checkpoint's files (path, size, mtime): a checkpoint rewritten in place between two runs is reloaded."""
+    root = Path(ckpt_dir).resolve()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))    # .cache/: the downloader's state
+        for f in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, f))
+            files.append((os.path.relpath(os.path.join(dirpath, f), root), st.st_size, st.st_mtime_ns))
+    return str(root), tuple(files)
+
+
+def engine_key(cfg, ctx: RunContext) -> tuple:
+    """What decides the loaded, parallelized models: model, checkpoint files, resolved placement (device, dtypes, T5
+    and offload placement), FSDP / T5 FSDP / VAE split, backend and the mesh. A change of any of these reloads;
+    sampling settings (steps, shift, guidance, truncation, size, frames, seeds, solver, the MoE boundary) never do."""
+    p = cfg.parallel
+    place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
+                      t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
+    return (cfg.model.name, _ckpt_fingerprint(cfg.ckpt_dir), place, p.fsdp, p.t5_fsdp, p.vae_parallel, p.backend,
+            tuple(sorted(ctx.degrees.items())), id(ctx.mesh))      # the mesh: MeshCache keeps one per layout
+
+
+class EngineCache:
+    """At most one Engine per process, reused by every run whose engine_key matches: a sweep over sampling settings
+    loads the models once. A different key drops the old engine before loading the new one (never two in memory)."""
+
+    def __init__(self):
+        self.key: tuple | None = None
+        self.engine: Engine | None = None
+        self.loads = 0                  # engines built by this process
+        self.checked: dict = {}         # (model, checkpoint fingerprint) -> its report (check_checkpoint)
+
+    def get(self, cfg, ctx: RunContext) -> tuple[Engine, bool]:
+        """(engine, reused). Every rank decides the same (world-wide agreement), so the load collectives match."""
+        key = engine_key(cfg, ctx)
+        reuse = not ctx.world_any(not (self.engine is not None and key == self.key))   # collective: every rank
+        if reuse:
+            self.engine.generator.boundary = cfg.model.boundary
+            self.engine.generator.clear_text_cache()
+            return self.engine, True
+        self.drop()
+        self.engine, self.key = build_engine(cfg, ctx), key
+        self.loads += 1
+        return self.engine, False
+
+    def drop(self) -> None:
+        if self.engine is None:
+            return
+        self.engine = self.key = None
+        gc.collect()
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def import_libraries() -> None:
+    """The model libraries every run uses (diffusers alone takes seconds to import), imported once when a process's
+    Session opens: part of the process's start-up, like the interpreter's imports, not of its first job's time."""
+    import diffusers  # noqa: F401
+    from diffusers import (AutoencoderKLWan, DPMSolverMultistepScheduler, UniPCMultistepScheduler,  # noqa: F401
+                           WanTransformer3DModel)
+    from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: F401
+
+
+class Session:
+    """One process's state across runs (the jobs of a Hydra sweep, entry.py): the process group with a mesh per
+    layout (distributed.mesh.MeshCache, which owns the group) and the loaded models (EngineCache). `close()` at
+    process exit destroys the process group if this session created it."""
+
+    def __init__(self):
+        import_libraries()
+        self.meshes = MeshCache()
+        self.engines = EngineCache()
+
+    def close(self) -> None:
+        self.engines.drop()
+        self.meshes.close()
+
+
 def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, layout=None,
-        stop: StopFlag | None = None, job: JobPart | None = None) -> ExitCode:
+        stop: StopFlag | None = None, engines: EngineCache | None = None, job: JobPart | None = None) -> ExitCode:
     """One run over `work`'s rows on this process's place in the run (`ctx`); every rank of the run calls it.
     `stop`: the process's stop flag (entry.py installs one for the whole process, so a signal that arrives during
     start-up or teardown is never fatal); a private one is installed for the run when none is given.
+    `engines`: the process's EngineCache (models reused across runs); a private one (load, then drop) when None.
     `job`: set when this run is one part of a driver's job (see JobPart)."""
     ctx = ctx or RunContext()
     work = work or make_source(cfg.work)
     stop = (stop or StopFlag()).install()  # a stop signal during validation or loading ends at the first safe point
     try:
-        return _run(cfg, ctx, work, stop, layout, job)
+        return _run(cfg, ctx, work, stop, layout, engines or EngineCache(), job)
     finally:
         stop.restore()
 
 
-def _run(cfg, ctx, work, stop, layout, job=None) -> ExitCode:
+def _run(cfg, ctx, work, stop, layout, engines: EngineCache, job: JobPart | None = None) -> ExitCode:
     try:
-        items, run_settings = prepare_batch(cfg, ctx, layout)
+        items, run_settings = prepare_batch(cfg, ctx, layout, engines.checked)
         out = OutputDir(cfg.out_dir, writer=job.writer if job else None, claim_timeout_s=cfg.batch.claim_timeout_s)
         doc = None if job else {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
                                 "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
@@ -167,15 +267,15 @@ def _run(cfg, ctx, work, stop, layout, job=None) -> ExitCode:
             print(f"error: {run_id}", file=sys.stderr, flush=True)
         return ExitCode.IOERR
     if job is not None:
-        return _run_part(cfg, ctx, work, stop, items, run_settings, out, job)
+        return _run_part(cfg, ctx, work, stop, items, run_settings, out, engines, job)
     sink = make_sink(cfg, out.root, is_logger=ctx.is_main, run_id=run_id)
     sink.log_config(config_mod.to_dict(cfg))
-    engine, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, {})
+    model_load_s, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, engines, {})
     code = outcome(total)
     if ctx.is_main:
         out.ledger.write_merged_view()
         sink.log_summary({"done": total.done, "skipped": total.skipped, "failed": total.failed,
-                          "model_load_s": engine.model_load_s})
+                          "model_load_s": model_load_s})
         log.info("summary: %s", total.line())
         log.info("outputs: %s (videos/, results.jsonl)", out.root)
     sink.close()
@@ -183,33 +283,40 @@ def _run(cfg, ctx, work, stop, layout, job=None) -> ExitCode:
     return code
 
 
-def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink,
-               extra_layout: dict) -> tuple[Engine, Summary]:
-    """Load, parallelize, run the batch over the work source; the run's total Summary (every rank agrees)."""
-    engine = build_engine(cfg, ctx)
+def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, engines: EngineCache,
+               extra_layout: dict) -> tuple[float, Summary]:
+    """Load (or reuse) the models, run the batch over the work source: (this run's model load seconds, the run's
+    total Summary, which every rank agrees on)."""
+    engine, reused = engines.get(cfg, ctx)
+    model_load_s = 0.0 if reused else engine.model_load_s     # this run's load (charged to its first video)
     spec = get_model(cfg.model.name)
     progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
     engine.generator.on_step = progress.step
-    run_info = {"run_id": run_id, "model_load_s": round(engine.model_load_s, 6), "load_seconds": engine.load_seconds,
+    run_info = {"run_id": run_id, "model_load_s": round(model_load_s, 6),
+                "load_seconds": {} if reused else engine.load_seconds,
                 "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
-                "ckpt_dir": str(cfg.ckpt_dir)}
+                "ckpt_dir": str(cfg.ckpt_dir),
+                # reused: the models an earlier run of this process loaded (in `loaded_s`); loads: how many times
+                # this process has loaded models so far (1 for a whole sweep over sampling settings)
+                "engine": {"reused": reused, "loads": engines.loads, "loaded_s": round(engine.model_load_s, 6)}}
     layout_info = {**ctx.describe(), **engine.parallel.describe(), **extra_layout}
     runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
-                         model_load_s=engine.model_load_s, run_info=run_info, layout=layout_info, sink=sink,
+                         model_load_s=model_load_s, run_info=run_info, layout=layout_info, sink=sink,
                          progress=progress, stop=stop, run_settings=run_settings)
     if ctx.is_main:
-        log.info("model %s loaded in %.2fs (%s on %s); %d item(s) in the manifest, work source %s", spec.name,
-                 engine.model_load_s, run_info["dtype"], run_info["device"], len(items), work.name)
+        how = "reused (loaded earlier in this process)" if reused else f"loaded in {engine.model_load_s:.2f}s"
+        log.info("model %s %s (%s on %s); %d item(s) in the manifest, work source %s", spec.name, how,
+                 run_info["dtype"], run_info["device"], len(items), work.name)
     summary = runner.run(items)
     ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
     total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
-    return engine, total
+    return model_load_s, total
 
 
-def _run_part(cfg, ctx, work, stop, items, run_settings, out, job: JobPart) -> ExitCode:
+def _run_part(cfg, ctx, work, stop, items, run_settings, out, engines: EngineCache, job: JobPart) -> ExitCode:
     """One part of a driver's job: no config.yaml, no results.jsonl, no logger here (the driver owns them)."""
     from .observability.sinks import NullSink
-    _, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, job.run_id, NullSink(), job.layout)
+    _, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, job.run_id, NullSink(), engines, job.layout)
     if ctx.is_main:
         log.info("summary of this part: %s", total.line())
     out.drop_partial()
@@ -226,8 +333,10 @@ def outcome(s: Summary) -> ExitCode:
     return ExitCode.ITEMS_FAILED if (s.failed or s.lost) else ExitCode.OK
 
 
-def main(cfg, stop: StopFlag | None = None) -> ExitCode:
-    """The torchrun (or plain single-process) path: every rank calls it with the same composed config."""
+def main(cfg, stop: StopFlag | None = None, session: Session | None = None) -> ExitCode:
+    """The torchrun (or plain single-process) path: every rank calls it with the same composed config.
+    `session`: the process's Session, kept across calls (a sweep: the process group, meshes and models survive
+    between jobs; the caller closes it); without one, a private session is opened and closed around this run."""
     rank, world, local_rank = env_world()
     setup_logging(rank)
     try:
@@ -235,7 +344,10 @@ def main(cfg, stop: StopFlag | None = None) -> ExitCode:
         device = resolve_device(cfg.device, local_rank)
     except ValueError as e:
         return user_error(RunContext(rank=rank), e)
-    with open_context(lay, device, cfg.parallel.backend, local_rank) as ctx:
+    own = session is None
+    session = session or Session()
+    try:
+        ctx = session.meshes.context(lay, device, cfg.parallel.backend, local_rank)
         try:
             digest = config_mod.config_digest(cfg)
             if ctx.world_any(ctx.share_from_main(lambda: digest) != digest):
@@ -244,4 +356,7 @@ def main(cfg, stop: StopFlag | None = None) -> ExitCode:
             work = make_source(cfg.work)
         except ValueError as e:
             return user_error(ctx, e)
-        return worst(ctx.gather(int(run(cfg, ctx, work, layout=lay, stop=stop))))
+        return worst(ctx.gather(int(run(cfg, ctx, work, layout=lay, stop=stop, engines=session.engines))))
+    finally:
+        if own:
+            session.close()

@@ -60,6 +60,7 @@ def latents_metadata(result, *, model: str | None = None) -> dict[str, str]:
         "guide_scale_high": "" if req.guide_scale_high is None else repr(float(req.guide_scale_high)),
         "cfg_truncate_steps": str(req.cfg_truncate_steps),
         "cfg_truncate_high_noise_steps": str(req.cfg_truncate_high_noise_steps),
+        "cfg_truncate_keep": req.cfg_truncate_keep,
         "timesteps": json.dumps([int(t) for t in dn.timesteps]),
         "step_experts": json.dumps(list(dn.step_experts)),
         "layout": "C,T,H,W", "shape": json.dumps(list(lat.shape)),

@@ -3,8 +3,9 @@ reported together as `file:line column=value: rule`. The file format is read by 
 row lost, split or invented).
 
 Columns: id, prompt, negative_prompt, seed, image, size, frame_num, steps, shift, guide_scale, guide_scale_high,
-cfg_truncate_steps, cfg_truncate_high_noise_steps, solver. Only `prompt` is required; a given value overrides the
-config for that row, under the same rule as the config key. Image paths are relative to the manifest file.
+cfg_truncate_steps, cfg_truncate_high_noise_steps, cfg_truncate_keep, solver. Only `prompt` is required; a
+given value overrides the config for that row, under the same rule as the config key. Image paths are relative
+to the manifest file.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ __all__ = ["COLUMNS", "Item", "ManifestError", "check_id", "derive_id", "load_it
 
 COLUMNS = {"id": str, "prompt": str, "negative_prompt": str, "seed": int, "image": str, "size": str,
            "frame_num": int, "steps": int, "shift": float, "guide_scale": float, "guide_scale_high": float,
-           "cfg_truncate_steps": int, "cfg_truncate_high_noise_steps": int, "solver": str}
+           "cfg_truncate_steps": int, "cfg_truncate_high_noise_steps": int, "cfg_truncate_keep": str,
+           "solver": str}
 ID_CHARS = "A-Za-z0-9._-"
 ID_RE = re.compile(rf"[{ID_CHARS}]{{1,128}}")     # used with fullmatch: `$` would accept a final newline
 

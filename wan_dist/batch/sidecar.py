@@ -32,15 +32,18 @@ def build_sidecar(result: GenerationResult, *, model: str, fps: int, is_moe: boo
         "guide_scale": req.guide_scale, "guide_scale_high": req.guide_scale_high,
         "cfg_truncate_steps": req.cfg_truncate_steps,
         "cfg_truncate_high_noise_steps": req.cfg_truncate_high_noise_steps,
+        "cfg_truncate_keep": req.cfg_truncate_keep,
         "image": req.image, "model": model,
-        "forwards": dn.forwards,
+        "forwards": dn.forwards,             # DiT forwards by conditioning: {"cond": n, "uncond": m}
         "expert_steps": ({"high": expert_steps.get("high", 0), "low": expert_steps.get("low", 0)} if is_moe
                          else {"single": expert_steps.get("single", 0)}),
         "expert_switches": dn.expert_switches,
         "timings": {k: round(float(timings.get(k, 0.0)), 6) for k in STAGES} | {"total": round(timings["total"], 6)},
         "inference_s": round(inference, 6),
         "per_step_s": [round(x, 6) for x in dn.per_step_s],
-        "step_experts": dn.step_experts, "timesteps": dn.timesteps, "cfg_on": dn.cfg_on,
+        "step_experts": dn.step_experts, "timesteps": dn.timesteps,
+        "step_passes": dn.step_passes,       # per step: both | cond | uncond (what ran; see pipeline/schedule.py)
+        "cfg_on": dn.cfg_on,                 # per step: both passes ran (kept for older readers)
         "frames_per_second": round(frame_count / inference, 4) if inference > 0 else None,
         "warnings": list(result.warnings),
         "video": video, "outputs": outputs, "peak_memory": memory, "layout": layout, "run": run,

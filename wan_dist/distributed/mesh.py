@@ -113,22 +113,46 @@ def build_mesh(layout: Layout, device: torch.device) -> Mesh:
     return mesh
 
 
+class MeshCache:
+    """The process group and one Mesh per layout, kept for a whole process: a Hydra sweep runs several jobs in one
+    process, and under torchrun the process group must outlive each job (it cannot be re-created cheaply, and the
+    mesh's sub-groups are collective to build). Every `context()` is a fresh RunContext (its own store keys, its own
+    stop flag) on the cached mesh of its layout. `close()` destroys the process group if this cache created it."""
+
+    def __init__(self):
+        self._meshes: dict[tuple, Mesh] = {}
+        self._owns = False
+
+    def context(self, layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0,
+                init: StoreInit | None = None):
+        from .context import RunContext
+        from .dist_context import DistContext
+        if layout.dp * layout.replica_size == 1 and not dist.is_initialized():
+            return RunContext(degrees=layout.degrees())
+        if not dist.is_initialized():       # a test worker may run several configs in one process group of its own
+            init_process_group(pick_backend(backend, device), device, init)
+            self._owns = True
+        key = (layout, str(device))
+        if key not in self._meshes:         # every rank builds the same meshes in the same order (same jobs)
+            self._meshes[key] = build_mesh(layout, device)
+        return DistContext.from_mesh(self._meshes[key], local_rank)
+
+    def close(self) -> None:
+        self._meshes.clear()
+        if self._owns:
+            destroy_process_group()
+            self._owns = False
+
+
 @contextmanager
 def open_context(layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0,
                  init: StoreInit | None = None):
-    """The RunContext of this process for `layout`: single process when the layout is one rank (no process group),
-    else init the process group (unless a caller already did; from `init` when given, else torchrun's
+    """The RunContext of this process for `layout` (one run): single process when the layout is one rank (no process
+    group), else init the process group (unless a caller already did; from `init` when given, else torchrun's
     environment), build the mesh and yield a DistContext; the group is destroyed on every exit path, errors
     included."""
-    from .context import RunContext
-    from .dist_context import DistContext
-    if layout.dp * layout.replica_size == 1 and not dist.is_initialized():
-        yield RunContext(degrees=layout.degrees())
-        return
-    owns = not dist.is_initialized()        # a test worker may run several configs in one process group
-    init_process_group(pick_backend(backend, device), device, init)
+    cache = MeshCache()
     try:
-        yield DistContext.from_mesh(build_mesh(layout, device), local_rank)
+        yield cache.context(layout, device, backend, local_rank, init)
     finally:
-        if owns:
-            destroy_process_group()
+        cache.close()

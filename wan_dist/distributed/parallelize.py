@@ -25,13 +25,16 @@ DUMP_ENV = "WAN_DIST_TEST_DUMP"   # test hook: every rank saves (latents, decode
 
 @dataclass
 class Parallelized:
-    guidance: Callable           # (model, x, t, prompt_embeds, negative_prompt_embeds, scale, do_cfg) -> v
+    guidance: Callable           # (model, x, t, prompt_embeds, negative_prompt_embeds, scale, passes) -> v
     decode: Callable             # (vae, latent [z, T, h, w]) -> video [3, F, H, W]
     info: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        idle = getattr(self.guidance, "idle_steps", None)
-        return {**self.info, **({"cfg_idle_steps": idle} if idle is not None else {})}
+        idle = getattr(self.guidance, "idle_by_half", None)
+        if idle is None:
+            return dict(self.info)
+        # cfg_idle_steps: steps one half idled; cfg_idle_by_half: which half ({"cond": n, "uncond": m})
+        return {**self.info, "cfg_idle_steps": sum(idle.values()), "cfg_idle_by_half": dict(idle)}
 
 
 def _sharding(mesh) -> bool:

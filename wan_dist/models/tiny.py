@@ -104,11 +104,13 @@ def _write_dit(folder: Path, spec: ModelSpec, seed: int) -> None:
     (folder / f"{DIT_WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_tiny_checkpoint(model_name: str, out_dir, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write the tiny model's native checkpoint to `out_dir` atomically (temp dir + rename) and return its path."""
+def write_tiny_checkpoint(model_name: str, out_dir, seed: int = 0, overwrite: bool = False,
+                          spec: ModelSpec | None = None) -> Path:
+    """Write the tiny model's native checkpoint to `out_dir` atomically (temp dir + rename) and return its path.
+    `spec`: a tiny ModelSpec of the caller's own (e.g. a benchmark's wider DiT) instead of the registry's."""
     import torch
 
-    spec = get_model(model_name)
+    spec = spec or get_model(model_name)
     if not spec.tiny:
         raise ValueError(f"model={model_name!r}: write_tiny_checkpoint only writes tiny random-weight models "
                          f"({', '.join(TINY_MODELS)}); real checkpoints come from the Wan-AI repos")

@@ -73,7 +73,9 @@ def video_line(sc: dict) -> str:
     single = "single" in (sc.get("expert_steps") or {})
     switch = ("n/a (single model)" if single
               else f"{_s(t.get('expert_switch', 0.0))} ({n} switch{'es' if n != 1 else ''})")
-    return (f"[figures] {sc.get('id')}: model load {_s(run.get('model_load_s', t.get('model_load')))} (once per run)"
+    load = ("reused (loaded earlier in this process)" if (run.get("engine") or {}).get("reused")
+            else f"{_s(run.get('model_load_s', t.get('model_load')))} (once per run)")
+    return (f"[figures] {sc.get('id')}: model load {load}"
             f" | inference {_s(sc.get('inference_s'))} | expert switch {switch}"
             f" | {fps if fps is not None else 'n/a'} frames/s"
             f" ({(sc.get('video') or {}).get('frames', sc.get('frame_num'))} frames)")

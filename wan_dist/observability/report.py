@@ -24,8 +24,9 @@ log = logging.getLogger("wan_dist.report")
 
 STAGES = TIMING_KEYS
 SETTING_KEYS = ("model", "steps", "shift", "solver", "guide_scale", "guide_scale_high", "cfg_truncate_steps",
-                "cfg_truncate_high_noise_steps", "frame_num", "size")
-VIDEO_COLUMNS = (["setting", "id", "seed", "prompt"] + list(SETTING_KEYS) + ["frames"]
+                "cfg_truncate_high_noise_steps", "cfg_truncate_keep", "frame_num", "size")
+VIDEO_COLUMNS = (["setting", "id", "seed", "prompt"] + list(SETTING_KEYS) + ["frames", "forwards_cond",
+                                                                                "forwards_uncond"]
                  + [f"{s}_s" for s in STAGES] + ["inference_s", "frames_per_second", "expert_switches",
                                                  "peak_memory_mib", "peak_memory_kind"])
 STAGE_COLUMNS = ["stage", "videos", "total_s", "mean_s", "min_s", "max_s"]
@@ -37,8 +38,11 @@ LABELS = {"model_load": "model load", "text_encode": "text encode", "latents": "
 def find_sidecars(out_dir) -> list[tuple[str, Path]]:
     """(setting, path) for every sidecar; setting is '' for OUT_DIR/videos, else the sweep sub-directory name."""
     root = Path(out_dir)
+    if not root.is_dir():
+        raise ValueError(f"out_dir={str(out_dir)!r}: no such directory (give a run's or a sweep's out_dir)")
     found = [("", p) for p in sorted((root / "videos").glob("*.json"))]
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ("videos", "report", "wandb")):
+    for sub in sorted(p for p in root.iterdir()
+                      if p.is_dir() and p.name not in ("videos", "report", "wandb", "compare")):
         found += [(sub.name, p) for p in sorted((sub / "videos").glob("*.json"))]
     return found
 
@@ -73,6 +77,8 @@ def video_rows(sidecars: list[dict]) -> list[dict]:
                "prompt": sc.get("prompt")}
         row.update({k: _setting_value(sc.get(k)) for k in SETTING_KEYS})
         row["frames"] = _frames(sc)
+        fw = sc.get("forwards") or {}
+        row.update({"forwards_cond": fw.get("cond"), "forwards_uncond": fw.get("uncond")})
         row.update({f"{s}_s": t.get(s, 0.0) for s in STAGES})
         row.update({"inference_s": sc.get("inference_s"), "frames_per_second": sc.get("frames_per_second"),
                     "expert_switches": sc.get("expert_switches"),
@@ -261,7 +267,8 @@ def write_report(out_dir) -> Path:
            "inside denoise; frames per second = frames / pure inference. All times in seconds.", "",
            "## Per stage", "", _md(srows, STAGE_COLUMNS), "",
            "## Per video", "",
-           _md(vrows, ["setting", "id", "seed", "steps", "cfg_truncate_steps", "frames", "model_load_s",
+           _md(vrows, ["setting", "id", "seed", "steps", "cfg_truncate_steps", "cfg_truncate_high_noise_steps",
+                       "cfg_truncate_keep", "forwards_cond", "forwards_uncond", "frames", "model_load_s",
                        "text_encode_s", "denoise_s", "expert_switch_s", "vae_decode_s", "save_s", "total_s",
                        "inference_s", "frames_per_second", "expert_switches", "peak_memory_mib"]
                if len(settings) > 1 else

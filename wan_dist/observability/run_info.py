@@ -1,11 +1,13 @@
 """What a run records about itself: library versions and the git sha of the code (config.yaml, sidecars)."""
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from pathlib import Path
 
 
+@functools.lru_cache(maxsize=1)   # one `git` process per process, not one per run (a sweep runs many)
 def git_sha() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

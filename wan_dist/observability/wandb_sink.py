@@ -27,11 +27,11 @@ _USER_DATA_DIR = os.environ.get("WANDB_DATA_DIR")  # a user's own choice wins ov
 
 # settings that go into the table rows (prompt and seed are columns of their own)
 SETTINGS = ("model", "size", "frame_num", "fps", "steps", "shift", "solver", "guide_scale", "guide_scale_high",
-            "cfg_truncate_steps", "cfg_truncate_high_noise_steps", "image")
+            "cfg_truncate_steps", "cfg_truncate_high_noise_steps", "cfg_truncate_keep", "image")
 VIDEO_COLUMNS = (["id", "prompt", "seed"] + list(SETTINGS) + [f"{k}_s" for k in TIMING_KEYS]
                  + ["inference_s", "frames_per_second", "expert_switches", "forwards", "peak_memory_mib", "mp4",
                     "video"])
-STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "seconds"]
+STEP_COLUMNS = ["id", "step", "expert", "timestep", "cfg_on", "passes", "seconds"]
 TABLE_MAX_ROWS = 200_000        # W&B truncates a Table to 200k rows anyway (wandb.Table.MAX_ARTIFACT_ROWS)
 STEP_TABLE_MAX_ROWS = 100_000   # e.g. 2000 videos x 50 steps; about 15 MiB of rows held until the end of the run
 
@@ -115,11 +115,12 @@ class WandbSink:
             experts = sc.get("step_experts") or []
             timesteps = sc.get("timesteps") or []
             cfg_on = sc.get("cfg_on") or []
+            passes = sc.get("step_passes") or []
             for i, s in enumerate(sc.get("per_step_s") or []):
                 ex = experts[i] if i < len(experts) else None
                 self._keep(self.step_rows, "per_step", STEP_TABLE_MAX_ROWS,
                            [sc.get("id"), i, ex, timesteps[i] if i < len(timesteps) else None,
-                            cfg_on[i] if i < len(cfg_on) else None, s])
+                            cfg_on[i] if i < len(cfg_on) else None, passes[i] if i < len(passes) else None, s])
                 self.run.log({"step/global": self.global_step, "step/seconds": s, "step/index_in_video": i,
                               "step/expert_low": int(ex == "low"), "step/video_index": self.n_videos})
                 self.global_step += 1
@@ -167,6 +168,42 @@ class WandbSink:
         except Exception as e:  # noqa: BLE001
             self._fail("finish", e)
         self.run = None
+
+
+def log_table_run(*, project: str, group: str | None, name: str, mode: str, out_dir, table: str, columns: list,
+                  rows: list[list], image=None, job_type: str = "compare") -> str | None:
+    """One short W&B run holding one Table (e.g. `wan-dist compare`'s comparison of a sweep, in the sweep's group) and
+    an optional plot. Offline runs go under <out_dir>/wandb/. Returns the run's directory, or None after a warning
+    (W&B never fails the command that logs to it)."""
+    out_dir = Path(out_dir)
+    try:
+        import wandb
+        wdir = out_dir / "wandb"
+        wdir.mkdir(parents=True, exist_ok=True)
+        saved = os.environ.get("WANDB_DATA_DIR")
+        if mode == "offline" and not _USER_DATA_DIR:
+            os.environ["WANDB_DATA_DIR"] = str((wdir / "data").resolve())
+        settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True)
+        try:
+            run = wandb.init(project=project, group=group, name=name, mode=mode, dir=str(out_dir), job_type=job_type,
+                             reinit="create_new", settings=settings)
+            data = {table: wandb.Table(columns=list(columns), data=rows)}
+            if image is not None and Path(image).is_file():
+                data[f"{table}_plot"] = wandb.Image(str(image))
+            run.log(data)
+            run_dir = str(Path(run.dir).parent) if getattr(run, "dir", None) else str(wdir)
+            run.finish()
+        finally:
+            if mode == "offline" and not _USER_DATA_DIR:
+                if saved is None:
+                    os.environ.pop("WANDB_DATA_DIR", None)
+                else:
+                    os.environ["WANDB_DATA_DIR"] = saved
+        log.info("W&B %s run %s (group %s) with the %s table: %s", mode, name, group, table, run_dir)
+        return run_dir
+    except Exception as e:  # noqa: BLE001 - observability never fails the command
+        log.warning("W&B logging of %s failed (%s: %s); the files are written anyway", table, type(e).__name__, e)
+        return None
 
 
 def read_offline_records(wandb_file):

@@ -1,8 +1,13 @@
 """Denoise stage: the sampling loop (expert choice, CFG, CFG truncation, timing).
 
 Shapes: latents [z, T, h, w] float32; DiT input [1, C, T, h, w] in the run dtype; prediction [z, T, h, w] float32.
-Per step: expert = 'high' if t >= boundary*1000 else 'low' (native rule); v = v_u + g (v_c - v_u), or v_c alone where
-CFG is off (guidance 1.0 or a truncated step); scheduler step; ti2v image mode re-pins the first frame.
+Per step: expert = 'high' if t >= boundary*1000 else 'low' (native rule); the step's passes (schedule.cfg_plan):
+BOTH -> v = v_u + g (v_c - v_u); COND -> v_c alone (guidance 1.0, or truncated with keep=cond); UNCOND -> v_u alone
+(truncated with keep=uncond, the seed's behaviour); scheduler step; ti2v image mode re-pins the first frame.
+
+Guidance executor interface (SequentialGuidance here, distributed.cfg_parallel.CFGParallelGuidance for cfg=2):
+    executor(model, x, t, prompt_embeds, negative_prompt_embeds, scale, passes) -> v [z, T, h, w] float32
+with `passes` one of schedule.BOTH / COND / UNCOND. It runs exactly the forwards `passes` names.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 
 from ..observability.timer import sync
 from .latents import Conditioning
+from .schedule import BOTH, COND, UNCOND, forward_counts
 
 
 def dit_forward(model, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
@@ -25,10 +31,13 @@ class SequentialGuidance:
     """Default CFG executor: conditional then unconditional forward on the same device (as the native code)."""
 
     def __call__(self, model, x, t, prompt_embeds, negative_prompt_embeds, scale: float,
-                 do_cfg: bool) -> torch.Tensor:
+                 passes: str) -> torch.Tensor:
+        if passes == COND:
+            return dit_forward(model, x, t, prompt_embeds)
+        if passes == UNCOND:
+            return dit_forward(model, x, t, negative_prompt_embeds)
+        assert passes == BOTH, passes
         cond = dit_forward(model, x, t, prompt_embeds)
-        if not do_cfg:
-            return cond
         uncond = dit_forward(model, x, t, negative_prompt_embeds)
         return uncond + scale * (cond - uncond)
 
@@ -38,14 +47,19 @@ class DenoiseResult:
     latents: torch.Tensor
     timesteps: list[int]
     step_experts: list[str]
-    cfg_on: list[bool]
+    step_passes: list[str]                 # per step: schedule.BOTH / COND / UNCOND
     per_step_s: list[float] = field(default_factory=list)
     expert_switches: int = 0
     expert_switch_s: float = 0.0
 
     @property
+    def cfg_on(self) -> list[bool]:
+        """Per step whether both passes ran (full CFG)."""
+        return [p == BOTH for p in self.step_passes]
+
+    @property
     def forwards(self) -> dict[str, int]:
-        return {"cond": len(self.timesteps), "uncond": sum(self.cfg_on)}
+        return forward_counts(self.step_passes)
 
     @property
     def expert_steps(self) -> dict[str, int]:
@@ -57,13 +71,13 @@ class DenoiseResult:
 
 def denoise(models: dict, cond: Conditioning, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor,
             scheduler, *,
-            step_experts: list[str], guidance: dict[str, float], cfg_on: list[bool], dtype, device,
+            step_experts: list[str], guidance: dict[str, float], step_passes: list[str], dtype, device,
             activate: Callable[[str], None] | None = None, guidance_exec=None,
             on_step: Callable[[int, int], None] | None = None) -> DenoiseResult:
     """Run the loop. `activate(expert)` puts that expert on the device (offload); its time is the switch cost."""
     guidance_exec = guidance_exec or SequentialGuidance()
     timesteps = scheduler.timesteps
-    res = DenoiseResult(cond.latents, [int(t) for t in timesteps], list(step_experts), list(cfg_on))
+    res = DenoiseResult(cond.latents, [int(t) for t in timesteps], list(step_experts), list(step_passes))
     latents = cond.latents
     prompt_embeds = prompt_embeds.to(device, dtype)
     negative_prompt_embeds = negative_prompt_embeds.to(device, dtype)
@@ -83,7 +97,7 @@ def denoise(models: dict, cond: Conditioning, prompt_embeds: torch.Tensor, negat
         t0 = time.perf_counter()
         x = cond.model_input(latents, dtype)
         v = guidance_exec(models[expert], x, cond.timestep(t.to(device)), prompt_embeds, negative_prompt_embeds,
-                          guidance[expert], cfg_on[i])
+                          guidance[expert], step_passes[i])
         latents = scheduler.step(v[None], t, latents[None], return_dict=False)[0][0]
         latents = cond.after_step(latents)
         sync(device)

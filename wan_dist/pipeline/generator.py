@@ -69,6 +69,11 @@ class WanGenerator:
             model.to(place.dit_load_device)
         self.m.text_encoder.to(place.t5_load_device)
 
+    def clear_text_cache(self) -> None:
+        """Forget the encoded prompts: each run of a sweep encodes its own (its timings then do not depend on which
+        job ran first; a sweep's jobs differ in sampling settings, not in what a prompt encodes to)."""
+        self._text_cache.clear()
+
     def _encode(self, text: str) -> torch.Tensor:
         if text in self._text_cache:
             self._text_cache.move_to_end(text)
@@ -94,11 +99,11 @@ class WanGenerator:
         with timer.stage("latents"):
             cond = latents_mod.prepare(self.spec, self.m.vae, size=req.size, frame_num=req.frame_num,
                                        seed=req.seed, device=self.device, image=image)
-        experts, cfg_on = step_plan(req, self.boundary)
+        experts, passes = step_plan(req, self.boundary)
         scheduler = make_scheduler(req.solver, req.steps, req.shift, device=self.device)
         with timer.stage("denoise"):
             res = denoise(self.m.dits, cond, prompt_embeds, negative_prompt_embeds, scheduler, step_experts=experts,
-                          guidance=req.guidance(), cfg_on=cfg_on, dtype=self.dtype, device=self.device,
+                          guidance=req.guidance(), step_passes=passes, dtype=self.dtype, device=self.device,
                           activate=self._activate, guidance_exec=self.guidance_exec, on_step=self.on_step)
         timer.add("expert_switch", res.expert_switch_s)
         if self.offload:

@@ -38,6 +38,7 @@ class GenerationRequest:
     cfg_truncate_steps: int
     cfg_truncate_high_noise_steps: int
     image: str | None = None                 # path of the conditioning image
+    cfg_truncate_keep: str = "uncond"        # the pass a truncated step keeps (pipeline.schedule.KEEP_MODES)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def guidance(self) -> dict[str, float]:
@@ -135,6 +136,9 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
     trunc_low, f_tl = _value(row, "cfg_truncate_steps", cfg)
     trunc_high, f_th = _value(row, "cfg_truncate_high_noise_steps", cfg)
     trunc_low, trunc_high = int(trunc_low), int(trunc_high)
+    keep, f_keep = _value(row, "cfg_truncate_keep", cfg)
+    keep = str(keep)
+    check_value("cfg_truncate_keep", keep, f_keep)
     n_low, n_high = _expert_steps(solver, steps, shift, m.boundary)
     if not 0 <= trunc_low <= n_low:
         raise ValueError(f"{f_tl}={trunc_low}: must be between 0 and {n_low}, the steps the "
@@ -157,11 +161,12 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
         id=item_id, prompt=str(prompt), negative_prompt=NATIVE_NEGATIVE_PROMPT if neg is None else str(neg),
         seed=seed, size=size, frame_num_requested=frames_req, frame_num=frames, steps=steps, shift=shift,
         solver=solver, guide_scale=g_low, guide_scale_high=g_high, cfg_truncate_steps=trunc_low,
-        cfg_truncate_high_noise_steps=trunc_high, image=None if image is None else str(image),
+        cfg_truncate_high_noise_steps=trunc_high, cfg_truncate_keep=keep, image=None if image is None else str(image),
         warnings=tuple(warnings))
 
 
-def step_plan(req: GenerationRequest, boundary: float | None):
-    """(scheduler-independent) per-step experts and CFG flags for a request."""
+def step_plan(req: GenerationRequest, boundary: float | None) -> tuple[list[str], list[str]]:
+    """(scheduler-independent) per-step experts and passes (schedule.BOTH / COND / UNCOND) for a request."""
     experts = expert_plan(list(_timesteps(req.solver, req.steps, req.shift)), boundary)
-    return experts, cfg_plan(experts, req.guidance(), req.cfg_truncate_steps, req.cfg_truncate_high_noise_steps)
+    return experts, cfg_plan(experts, req.guidance(), req.cfg_truncate_steps, req.cfg_truncate_high_noise_steps,
+                             req.cfg_truncate_keep)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import TRUNCATE_KEEP
+
 NUM_TRAIN_TIMESTEPS = 1000
 # native: float32(1 - 1/1000 ... ) -> .item(): 0.9990000128746033
 NATIVE_SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
@@ -59,16 +61,45 @@ def expert_plan(timesteps: list[int], boundary: float | None) -> list[str]:
     return ["high" if t >= b else "low" for t in timesteps]
 
 
-def cfg_plan(experts: list[str], guidance: dict[str, float], truncate_low: int, truncate_high: int) -> list[bool]:
-    """Per step whether the unconditional pass runs.
+# What a denoising step runs (the executors' `passes` argument, the sidecar's `step_passes`):
+BOTH = "both"        # cond and uncond forwards, v = v_u + g (v_c - v_u)
+COND = "cond"        # the conditional forward alone, v = v_c (guidance 1.0, or a step truncated with keep=cond)
+UNCOND = "uncond"    # the unconditional (negative-prompt) forward alone, v = v_u (a step truncated with keep=uncond)
+PASSES = (BOTH, COND, UNCOND)
+KEEP_MODES = TRUNCATE_KEEP    # sample.cfg_truncate_keep: ("uncond", "cond"); the first is the default (the seed's)
 
-    truncate_low: the last N steps of the low-noise expert ('single' for one-expert models) skip it;
-    truncate_high: the last M high-noise steps before the switch skip it. Guidance 1.0 means no CFG at all.
-    """
+
+def truncated_steps(experts: list[str], truncate_low: int, truncate_high: int) -> list[bool]:
+    """Per step whether a CFG-truncation window holds it, by the seed's rules (its generate.py):
+    low-noise window `step_idx >= len(timesteps) - N` (the last N steps of the run; validation keeps N within the
+    low-noise expert's steps, or the whole run for one-expert models); high-noise window: the last M steps with
+    t >= boundary*1000, `step_idx >= last_high_idx - M + 1`."""
     n = len(experts)
-    on = [guidance[e] != 1.0 for e in experts]
-    for name, k in (("low", truncate_low), ("single", truncate_low), ("high", truncate_high)):
-        idx = [i for i in range(n) if experts[i] == name]
-        for i in idx[len(idx) - k:] if k else []:
-            on[i] = False
-    return on
+    high = [i for i, e in enumerate(experts) if e == "high"]
+    out = []
+    for i, e in enumerate(experts):
+        low_win = truncate_low > 0 and i >= n - truncate_low
+        high_win = truncate_high > 0 and e == "high" and i >= high[-1] - truncate_high + 1
+        out.append(low_win or high_win)
+    return out
+
+
+def cfg_plan(experts: list[str], guidance: dict[str, float], truncate_low: int, truncate_high: int,
+             keep: str = UNCOND) -> list[str]:
+    """Per step which forward pass(es) run: BOTH, COND or UNCOND.
+
+    A step inside a truncation window runs only the pass `keep` names and uses that prediction alone: UNCOND is the
+    seed's behaviour ("skip the conditional forward in the last steps": its code then sets
+    noise_pred = noise_pred_uncond), COND the "guidance interval" variant (drop the unconditional pass). Guidance
+    1.0 means no CFG at all, so such a step runs COND whatever the windows say (nothing to truncate)."""
+    if keep not in KEEP_MODES:
+        raise ValueError(f"cfg_truncate_keep={keep!r}: must be one of {', '.join(KEEP_MODES)}")
+    out = []
+    for e, cut in zip(experts, truncated_steps(experts, truncate_low, truncate_high)):
+        out.append(COND if guidance[e] == 1.0 else keep if cut else BOTH)
+    return out
+
+
+def forward_counts(passes: list[str]) -> dict[str, int]:
+    """DiT forwards of a plan by conditioning: {"cond": n, "uncond": m}."""
+    return {"cond": sum(p in (BOTH, COND) for p in passes), "uncond": sum(p in (BOTH, UNCOND) for p in passes)}

@@ -1,0 +1,1 @@
+"""What a setting changes: comparisons of finished runs (fidelity of videos and latents, time and forwards saved)."""

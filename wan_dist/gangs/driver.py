@@ -99,7 +99,7 @@ def main(cfg, stop: StopFlag | None = None, *, static_split: bool = False) -> Ex
     try:
         try:
             cfg, lay, size = resolve(cfg)
-            items, run_settings = prepare_batch(cfg, RunContext(), lay, gang_device(cfg))
+            items, run_settings = prepare_batch(cfg, RunContext(), lay, device_type=gang_device(cfg))
         except ValueError as e:
             return user_error(RunContext(), e)
         try:

@@ -29,8 +29,9 @@ ALLOWED = {
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch"},
     "supervise": {"outcome", "exit_codes"},
+    "slurm": {"supervise", "outcome", "exit_codes"},
     "download": {"models", "observability", "files", "exit_codes"},
-    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download", "analysis"},
+    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download", "analysis", "slurm"},
     # the Gradio app (launch/app.py): a launcher over the worker core
     "ui": {"config", "models", "observability", "pipeline", "distributed", "batch", "worker", "files", "outcome",
            "exit_codes"},

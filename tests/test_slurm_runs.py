@@ -32,8 +32,8 @@ def _report(what: str, seconds: float) -> None:
     print(f"\n[slurm timing] {what}: {seconds:.1f} s")
 
 
-def sbatch(c, *args, cwd) -> str:
-    p = subprocess.run(["sbatch", "--parsable", *map(str, args)], env={**c.env, **JOB_ENV}, cwd=cwd,
+def sbatch(c, *args, cwd, env=None) -> str:
+    p = subprocess.run(["sbatch", "--parsable", *map(str, args)], env={**c.env, **JOB_ENV, **(env or {})}, cwd=cwd,
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().split(";")[0]
@@ -61,11 +61,12 @@ def ok_records(out: Path) -> list[dict]:
     return [r for r in Ledger(out, "reader").records() if r["status"] == "ok"]
 
 
-def assert_each_ok_once(out: Path, ids) -> None:
-    """every id ok exactly once, nothing failed, no partial file, no claim left, every output complete"""
+def assert_each_ok_once(out: Path, ids, failed_before=()) -> None:
+    """every id ok exactly once (ids in failed_before: one failed record, then that ok), no partial file, no claim
+    left, every output complete"""
     recs = Ledger(out, "reader").records()
     assert sorted(r["id"] for r in recs if r["status"] == "ok") == sorted(ids), recs
-    assert not [r for r in recs if r["status"] != "ok"], recs
+    assert sorted(r["id"] for r in recs if r["status"] != "ok") == sorted(failed_before), recs
     o = OutputDir(out)
     latest = o.ledger.latest()
     assert all(o.is_complete(i, latest[i]) for i in ids)
@@ -74,24 +75,26 @@ def assert_each_ok_once(out: Path, ids) -> None:
     assert not [p for p in (out / "videos").iterdir() if p.name.startswith(".") or ".tmp" in p.name]
 
 
-def test_array_over_a_manifest_with_a_task_stopped_by_usr1_requeued_and_resumed(slurm_cluster, tiny_ckpt, tmp_path):
+def test_array_usr1_requeue_resume_exit_3_then_a_rerun_makes_only_what_is_missing(slurm_cluster, tiny_ckpt,
+                                                                                       tmp_path):
     c = slurm_cluster
     ids = [f"r{i}" for i in range(9)]
     # 3 tasks x 2 ranks (2 replicas per task): task k makes rows i with (i mod 6) div 2 == k: task 0 r0 r1 r6 r7,
-    # task 1 r2 r3 r8, task 2 r4 r5.
-    # r2 and r3 take 40 steps (the others 2), so the USR1 sent while task 1 holds one of them lands mid-item
+    # task 1 r2 r3 r8, task 2 r4 r5. r2 and r3 take 40 steps (the others 2), so the USR1 sent while task 1 holds
+    # one of them lands mid-item; r4's latents are made NaN (test hook): task 2 ends with exit 3
     m = tmp_path / "m.csv"
     m.write_text("id,prompt,steps\n" + "".join(f"{i},prompt number {i},{40 if i in ('r2', 'r3') else ''}\n"
                                                for i in ids))
     out, logdir = tmp_path / "out", tmp_path / "logs"
     logdir.mkdir()
+    array = ["--array=0-2", "--ntasks-per-node=2", "-o", logdir / "slurm-%A_%a.out", SLURM / "array.sbatch",
+             f"ckpt_dir={tiny_ckpt('tiny-t2v')}", f"manifest={m}", f"out_dir={out}", *BASE]
     # This test process holds r8's claim (alive, this host), so task 1 cannot finish before it is signalled: whether
     # the USR1 lands mid-item or while task 1 waits for r8, it is a stop with work left -> exit 75, deterministically
     hold = Claims(out, owner="pytest-holder")
     assert hold.acquire("r8") is None
     t0 = time.monotonic()
-    jid = sbatch(c, "--array=0-2", "--ntasks-per-node=2", "-o", logdir / "slurm-%A_%a.out", SLURM / "array.sbatch",
-                 f"ckpt_dir={tiny_ckpt('tiny-t2v')}", f"manifest={m}", f"out_dir={out}", *BASE, cwd=tmp_path)
+    jid = sbatch(c, *array, cwd=tmp_path, env={"WAN_DIST_TEST_INJECT_NAN": "r4"})
     task1_log = logdir / f"slurm-{jid}_1.out"
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(c.wait, jid, 420)          # polls from now on: finished tasks are purged within seconds
@@ -108,21 +111,36 @@ def test_array_over_a_manifest_with_a_task_stopped_by_usr1_requeued_and_resumed(
         finally:
             hold.release("r8")
         job = waiting.result()
-    _report("array 0-2 x 2 ranks, 9 rows, task 1 USR1 -> 75 -> requeued -> done", time.monotonic() - t0)
+    _report("array 0-2 x 2 ranks, 9 rows, task 1 USR1 -> 75 -> requeued -> done, task 2 exit 3", time.monotonic() - t0)
     text = logs(logdir)
-    assert job.ok, (job, text)
     tasks = job.by_task()
-    assert int(tasks["1"]["Restarts"]) == 1, tasks
-    assert all(int(r.get("Restarts", 0)) == 0 for k, r in tasks.items() if k != "1"), tasks
+    assert sorted(tasks) == ["0", "1", "2"], (job, text)
+    assert [(tasks[k]["JobState"], tasks[k]["ExitCode"], int(tasks[k]["Restarts"])) for k in "012"] == \
+        [("COMPLETED", "0:0", 0), ("COMPLETED", "0:0", 1), ("FAILED", "3:0", 0)], (tasks, text)
     t1 = task1_log.read_text()
     assert "received SIGUSR1" in t1 and "wan-dist torchrun: exit 75" in t1, t1
     assert f"requeueing job {jid}_1 (restart 1)" in t1 and f"job {jid}_1 (restart 1)" in t1, t1
-    assert "Traceback" not in text, text
-    mid_item = "nothing of it is written" in t1
-    print(f"\n[slurm] task 1 stopped {'mid-item (between denoise steps)' if mid_item else 'between items'}")
-    assert_each_ok_once(out, ids)
-    assert {r["slurm_job"] for r in ok_records(out)} == {f"{jid}_{k}" for k in range(3)}
-    rc, st = status(out)                                  # the manifest from config.yaml
+    print(f"\n[slurm] task 1 stopped {'mid-item' if 'nothing of it is written' in t1 else 'between items'}")
+    t2 = (logdir / f"slurm-{jid}_2.out").read_text()
+    assert "item r4 failed: FloatingPointError" in t2 and "wan-dist slurm-job: exit 3" in t2, t2
+    assert "requeueing" not in t2 and "Traceback" not in text, text
+    rc, st = status(out)                                  # the manifest named in config.yaml; r4 failed
+    assert rc == 1 and (st["done"], st["failed"], st["pending"], st["running"]) == (8, 1, 0, 0), st
+    assert st["failed_ids"] == ["r4"] and st["tasks"][2]["failed"] == 1, st
+    assert sorted(r["id"] for r in ok_records(out)) == sorted(set(ids) - {"r4"})    # nothing made twice
+
+    # the same array again (retrying failures): only r4 is made, every other id is skipped
+    t0 = time.monotonic()
+    again = c.wait(sbatch(c, *array, "batch.retry_failed=true", cwd=tmp_path), timeout=300)
+    _report("the same array again: only the missing item", time.monotonic() - t0)
+    text = "\n".join(f.read_text() for f in sorted(logdir.glob(f"slurm-{again.job_id}_*.out")))
+    assert again.ok, (again, text)
+    rerun_summaries = [ln for ln in text.splitlines() if "summary:" in ln]
+    made = [int(ln.split(" done,")[0].rsplit(" ", 1)[-1]) for ln in rerun_summaries]
+    assert len(made) == 3 and sum(made) == 1, rerun_summaries
+    assert_each_ok_once(out, ids, failed_before=["r4"])
+    assert {r["slurm_job"] for r in ok_records(out)} == {f"{jid}_{k}" for k in range(3)} | {f"{again.job_id}_2"}
+    rc, st = status(out)
     assert rc == 0 and st["complete"] and (st["done"], st["pending"], st["failed"]) == (9, 0, 0), st
     assert [(t["task"], t["total"], t["done"]) for t in st["tasks"]] == [(0, 4, 4), (1, 3, 3), (2, 2, 2)], st
     assert st["tasks"][1]["jobs"] == [f"{jid}_1"] and st["throughput_per_min"] > 0, st

@@ -29,7 +29,7 @@ ALLOWED = {
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch"},
     "supervise": {"outcome", "exit_codes"},
-    "slurm": {"supervise", "outcome", "exit_codes"},
+    "slurm": {"supervise", "outcome", "exit_codes", "config", "batch"},
     "download": {"models", "observability", "files", "exit_codes"},
     "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download", "analysis", "slurm"},
     # the Gradio app (launch/app.py): a launcher over the worker core

@@ -1,7 +1,7 @@
 """`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml): hydra-submitit-launcher's SlurmLauncher, plus what a
-wan-dist job needs (wan_dist/slurm/sweep.py): torch's env:// variables in every task of a multi-rank job, and the
-jobs' exit codes back to the sweep's process. Hydra imports every module under hydra_plugins at start-up, so this one
-imports nothing of wan-dist until a sweep actually runs."""
+wan-dist job needs (wan_dist/slurm/sweep.py): torch's env:// variables in every task of a multi-rank job, the jobs'
+exit codes back to the sweep's process, and USR1 (wan-dist's stop signal) as submitit's preemption signal. Hydra
+imports every module under hydra_plugins at start-up, so this one imports nothing of wan-dist until a sweep runs."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,5 +16,6 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         return super().__call__(*args, **kwargs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):   # in the sweep's process
-        from wan_dist.slurm.sweep import record_returns
+        from wan_dist.slurm.sweep import preempt_with_stop_signal, record_returns
+        preempt_with_stop_signal()
         return record_returns(super().launch(job_overrides, initial_job_idx))

@@ -3,6 +3,8 @@ the Slurm allocation it runs in; the run's exit code decides what happens to the
 
     ranks per node   GPUs per node when there are any, else --ntasks-per-node, else --ntasks spread over the nodes,
                      else --cpus-per-task, else 1 (WAN_DIST_NPROC_PER_NODE overrides; alloc.ranks_per_node)
+    pre-check        config and manifest errors end the job with 2 before any rank starts; a share that is done
+                     already ends it with 0 (precheck.py)
     one node         wan-dist torchrun --standalone --nproc_per_node N launch/run.py OVERRIDES
     several nodes    srun, one agent per node: wan-dist torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d
                      --rdzv-endpoint <head NodeAddr>:<free port> --rdzv-id $SLURM_JOB_ID --local-addr <its NodeAddr>
@@ -35,6 +37,7 @@ from pathlib import Path
 from .. import supervise
 from ..exit_codes import ExitCode, worst
 from . import alloc
+from .precheck import precheck
 
 RUN_PY = Path(__file__).resolve().parents[2] / "launch" / "run.py"
 MAX_REQUEUES_ENV = "WAN_DIST_MAX_REQUEUES"
@@ -79,6 +82,13 @@ def main(argv: list[str]) -> int:
     nodes = alloc.hostnames(env["SLURM_JOB_NODELIST"])
     say(f"job {job_label(env)} (restart {env.get('SLURM_RESTART_COUNT', '0')}): {len(nodes)} node(s) "
         f"{','.join(nodes)} x {nproc} rank(s) per node ({why})")
+    try:
+        decided = precheck(argv, len(nodes) * nproc, env)
+    except Exception as e:      # the shortcut only: the run itself checks everything again
+        say(f"pre-check skipped ({type(e).__name__}: {e})")
+        decided = None
+    if decided is not None:
+        return settle(decided, env)
     if early:
         say(f"{signal.Signals(early[0]).name} before the run started")
         return settle(ExitCode.TEMPFAIL, env)

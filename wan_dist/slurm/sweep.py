@@ -6,17 +6,33 @@ what hydra_plugins/wan_dist_slurm/launcher.py adds to hydra-submitit-launcher's 
     the run. MASTER_ADDR is the first node's NodeAddr (node names need not resolve), the port submitit's function
     of the job id (every task must agree on it without talking to the others);
   * the sweep's exit code: the jobs run elsewhere, so their codes come back through the launcher (`codes`) and
-    `python launch/run.py -m ...` exits with the most urgent one, like a local sweep (entry.hydra_main).
+    `python launch/run.py -m ...` exits with the most urgent one, like a local sweep (entry.hydra_main);
+  * the preemption signal: submitit's (`--signal=USR2@signal_delay_s`) has a handler that raises inside whatever
+    runs, so a wan-dist item in flight would be recorded as failed. USR1, wan-dist's stop signal, is used instead:
+    the ranks stop at a safe point and the job ends with 75 (rerun the sweep to resume).
 """
 from __future__ import annotations
 
 import os
+import sys
 
 from ..exit_codes import ExitCode
 from . import alloc
 
 # the exit codes of the jobs this process launched, one per sweep setting (entry.hydra_main reads them)
 codes: list[int] = []
+
+
+PREEMPT_ENV = "SUBMITIT_PREEMPT_SIGNAL"     # submitit's own setting, read when submitit is imported
+
+
+def preempt_with_stop_signal() -> None:
+    """In the sweep's process, before submitting: sbatch gets --signal=USR1@..., and the jobs (which inherit this
+    environment) bind submitit's handler to USR1, which the run replaces with its stop flag. A value the user set
+    is kept."""
+    sig = os.environ.setdefault(PREEMPT_ENV, "USR1")
+    if "submitit" in sys.modules:             # imported already: its class attribute was read from the old value
+        sys.modules["submitit"].JobEnvironment.USR_SIG = sig
 
 
 def export_torch_env() -> None:

@@ -150,33 +150,53 @@ def test_array_usr1_requeue_resume_exit_3_then_a_rerun_makes_only_what_is_missin
     assert human.returncode == 0 and "complete: every manifest id is done" in human.stdout, human.stdout
 
 
-def test_two_node_job_makes_the_same_latents_as_one_process(slurm_cluster, tiny_ckpt, tmp_path):
+def test_two_node_job_stopped_by_usr1_resumes_and_makes_the_same_latents_as_one_process(slurm_cluster, tiny_ckpt,
+                                                                                          tmp_path):
     c = slurm_cluster
-    m = tmp_path / "m.csv"
-    m.write_text("id,prompt\nn0,a red fox in the snow\nn1,a cat on a boat\n")
+    m = tmp_path / "m.csv"            # n0 takes 30 steps, so the USR1 sent while it is being made lands mid-item
+    m.write_text("id,prompt,steps\nn0,a red fox in the snow,30\nn1,a cat on a boat,\nn2,rain on a window,\n")
     args = [f"ckpt_dir={tiny_ckpt('tiny-t2v')}", f"manifest={m}", *BASE, "output.save_latents=true"]
     one = subprocess.Popen([sys.executable, "launch/run.py", *args, f"out_dir={tmp_path / 'one'}"], cwd=REPO,
                            env={**os.environ, **JOB_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    two, logdir = tmp_path / "two", tmp_path / "logs"
+    logdir.mkdir()
+    hold = Claims(two, owner="pytest-holder")        # n2: the run cannot end before it is signalled (see above)
+    assert hold.acquire("n2") is None
     t0 = time.monotonic()
     # one replica of 4 ranks across the nodes: CFG-parallel halves x Ulysses 2 (every step crosses n1 <-> n2)
-    job = c.wait(sbatch(c, "-N2", "--ntasks-per-node=2", "-o", tmp_path / "slurm-%j.out", SLURM / "multinode.sbatch",
-                        *args, "parallel.cfg=2", "parallel.ulysses=2", f"out_dir={tmp_path / 'two'}", cwd=tmp_path),
-                 timeout=300)
-    _report("multinode.sbatch -N2 x 2 ranks (cfg 2 x ulysses 2), 2 rows", time.monotonic() - t0)
-    log = logs(tmp_path)
-    assert job.ok, (job, log)
+    jid = sbatch(c, "-N2", "--ntasks-per-node=2", "-o", logdir / "slurm-%j.out", SLURM / "multinode.sbatch", *args,
+                 "parallel.cfg=2", "parallel.ulysses=2", f"out_dir={two}", cwd=tmp_path)
+    log_file = logdir / f"slurm-{jid}.out"
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(c.wait, jid, 420)
+        try:
+            wait_until(lambda: (h := hold.holder("n0")) is not None and h.owner != hold.owner, 240,
+                       "the 2-node run making n0", lambda: logs(logdir))
+            # to the batch process: it hands USR1 to srun, which signals every process of the step on both nodes
+            c.run("scancel", "--signal=USR1", "--batch", jid)
+            wait_until(lambda: "requeueing job" in log_file.read_text(), 240, "the job requeueing itself",
+                       lambda: logs(logdir))
+        finally:
+            hold.release("n2")
+        job = waiting.result()
+    _report("multinode.sbatch -N2 x 2 ranks (cfg 2 x ulysses 2), 3 rows, USR1 -> 75 -> requeued", time.monotonic() - t0)
+    log = log_file.read_text()
+    assert job.ok and job.restarts == 1, (job, log)
     one_log = one.communicate(timeout=300)[0]
     assert one.returncode == 0, one_log[-3000:]
     assert "2 node(s) n1,n2 x 2 rank(s) per node (--ntasks-per-node=2)" in log, log
-    assert f"c10d rendezvous at {c.nodes['n1']}:" in log and log.count("wan-dist torchrun: exit 0") == 2, log
+    assert f"c10d rendezvous at {c.nodes['n1']}:" in log and log.count("wan-dist torchrun: exit 75") == 2, log
+    assert log.count("received SIGUSR1") == 4 and "Traceback" not in log, log      # every rank, no crash
+    assert f"requeueing job {jid} (restart 1)" in log and log.count("wan-dist torchrun: exit 0") == 2, log
+    print(f"\n[slurm] the 2-node run stopped {'mid-item' if 'nothing of it is written' in log else 'between items'}")
     from wan_dist.batch.extras import load_latents
-    for item in ("n0", "n1"):
-        side = json.loads((tmp_path / "two" / "videos" / f"{item}.json").read_text())
+    for item in ("n0", "n1", "n2"):
+        side = json.loads((two / "videos" / f"{item}.json").read_text())
         assert (side["layout"]["world_size"], side["layout"]["cfg"], side["layout"]["ulysses"]) == (4, 2, 2), side
         a, _ = load_latents(tmp_path / "one" / "videos" / f"{item}.latents.safetensors")
-        b, _ = load_latents(tmp_path / "two" / "videos" / f"{item}.latents.safetensors")
+        b, _ = load_latents(two / "videos" / f"{item}.latents.safetensors")
         assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-5, (item, (a - b).abs().max().item())
-    assert_each_ok_once(tmp_path / "two", ["n0", "n1"])
+    assert_each_ok_once(two, ["n0", "n1", "n2"])
 
 
 def test_hydra_sweep_on_slurm_one_two_rank_job_per_setting(slurm_cluster, tiny_ckpt, tmp_path):

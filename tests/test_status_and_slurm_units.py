@@ -17,7 +17,6 @@ import pytest
 
 from wan_dist.batch.claims import Claims
 from wan_dist.batch.manifest import read_ids
-from wan_dist.batch.outputs import OutputDir
 from wan_dist.batch.preempt import StopFlag
 from wan_dist.batch.status import collect, format_status
 from wan_dist.batch.work import ArrayShare, array_task_of, writer_tags
@@ -224,43 +223,22 @@ def test_the_slurm_launcher_config_composes(tmp_path):
     assert [b.__name__ for b in SlurmLauncher.__mro__[1:3]] == ["SlurmLauncher", "BaseSubmititLauncher"]
 
 
-def finished(out_root: Path, item_id: str) -> None:
-    """A complete item in the runner's format: mp4, sidecar naming it, ledger line ok."""
-    import numpy as np
-    out = OutputDir(out_root)
-    out.prepare()
-    video = out.write_video(item_id, np.zeros((5, 16, 16, 3), np.uint8), 16, lossless=False, crf=18)
-    out.write_sidecar(item_id, {"id": item_id, "video": video})
-    out.append_ledger({"id": item_id, "status": "ok"})
-
-
-def test_precheck_fails_fast_on_bad_input_and_skips_a_share_that_is_done(tmp_path):
-    from wan_dist.slurm.precheck import precheck, replicas
+def test_precheck_fails_fast_on_bad_config_or_manifest_and_writes_nothing(tmp_path):
+    from wan_dist.slurm.precheck import precheck
     m = tmp_path / "m.csv"
     m.write_text("id,prompt\n" + "".join(f"p{i},prompt {i}\n" for i in range(6)))
     out = tmp_path / "out"
     base = ["model=tiny-t2v", "ckpt_dir=/nowhere", f"manifest={m}", f"out_dir={out}", "hydra.job.chdir=false"]
     array = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
-    assert precheck(base + ["sample.stepz=3"], 2, {}) == ExitCode.USAGE           # unknown key: no rank started
+    assert precheck(base, {}) is None                                      # good input: the run starts
+    assert precheck([*base, "work.source=array"], array) is None
+    assert precheck(base + ["sample.stepz=3"], {}) == ExitCode.USAGE      # unknown key
+    assert precheck(base + ["sample.steps=0"], {}) == ExitCode.USAGE      # a value rule
+    assert precheck([*base, "work.source=array"], {}) == ExitCode.USAGE   # an array share outside an array
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,prompt,steps\na,a cat,zero\n")
-    assert precheck([*base, f"manifest={bad}"], 2, {}) == ExitCode.USAGE
-    assert precheck(base, 2, {}) is None                                            # nothing made yet: run
-    # 2 tasks x 2 replicas: task 1 has rows i with (i mod 4) div 2 == 1 -> p2 p3
-    for i in ("p2", "p3"):
-        finished(out, i)
-    assert precheck([*base, "work.source=array"], 2, array) == ExitCode.OK           # task 1: done already
-    assert precheck([*base, "work.source=array"], 2, {**array, "SLURM_ARRAY_TASK_ID": "0"}) is None
-    assert precheck([*base, "work.source=array"], 1, array) is None   # 1 replica per task: its share is p1 p3 p5
-    assert precheck(base, 2, {}) is None                              # the whole manifest (static): not done
-    OutputDir(out).append_ledger({"id": "p3", "status": "failed"})
-    assert precheck([*base, "work.source=array"], 2, array) == ExitCode.OK           # failed before, not retried
-    assert precheck([*base, "work.source=array", "batch.retry_failed=true"], 2, array) is None
-    assert not list(out.glob("claims")) and sorted(p.name for p in (out / "videos").iterdir()) == \
-        ["p2.json", "p2.mp4", "p3.json", "p3.mp4"]                                  # the pre-check wrote nothing
-    from wan_dist.config import compose
-    cfg = compose([*base, "parallel.cfg=2"])
-    assert (replicas(cfg, 4), replicas(cfg, 3)) == (2, None)
+    bad.write_text("id,prompt,steps\na,a cat,zero\nb,a dog,2\nb,a cow,\n")
+    assert precheck([*base, f"manifest={bad}"], {}) == ExitCode.USAGE
+    assert not out.exists()                                                # nothing written
 
 
 def test_torchrun_is_started_with_usr1_ignored_and_its_workers_can_handle_it():

@@ -3,8 +3,7 @@ the Slurm allocation it runs in; the run's exit code decides what happens to the
 
     ranks per node   GPUs per node when there are any, else --ntasks-per-node, else --ntasks spread over the nodes,
                      else --cpus-per-task, else 1 (WAN_DIST_NPROC_PER_NODE overrides; alloc.ranks_per_node)
-    pre-check        config and manifest errors end the job with 2 before any rank starts; a share that is done
-                     already ends it with 0 (precheck.py)
+    pre-check        config and manifest errors end the job with 2 before any rank starts (precheck.py)
     one node         wan-dist torchrun --standalone --nproc_per_node N launch/run.py OVERRIDES
     several nodes    srun, one agent per node: wan-dist torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d
                      --rdzv-endpoint <head NodeAddr>:<free port> --rdzv-id $SLURM_JOB_ID --local-addr <its NodeAddr>
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> int:
     say(f"job {job_label(env)} (restart {env.get('SLURM_RESTART_COUNT', '0')}): {len(nodes)} node(s) "
         f"{','.join(nodes)} x {nproc} rank(s) per node ({why})")
     try:
-        decided = precheck(argv, len(nodes) * nproc, env)
+        decided = precheck(argv, env)
     except Exception as e:      # the shortcut only: the run itself checks everything again
         say(f"pre-check skipped ({type(e).__name__}: {e})")
         decided = None

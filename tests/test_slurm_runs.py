@@ -214,9 +214,9 @@ def test_hydra_sweep_on_slurm_one_two_rank_job_per_setting(slurm_cluster, tiny_c
     log = p.stdout + p.stderr
     assert p.returncode == 3, log[-4000:] + "\n" + "\n".join(
         f.read_text()[-2000:] for f in (out / ".submitit").rglob("*_log.err"))
-    assert "sweep: 3 job(s), exit codes [3, 3, 3] -> 3" in log, log[-3000:]
+    assert "sweep: 3 job(s) on Slurm, exit codes [3, 3, 3] -> 3" in log, log[-3000:]
     runs = sorted(out.rglob("config.yaml"))                # one sub-directory per setting (its name: entry.py)
-    assert len(runs) == 3, runs
+    assert [r.parent.name for r in runs] == [f"{i}_sample.cfg_truncate_steps={i}" for i in range(3)], runs
     import yaml
     seen, jobs = set(), set()
     for conf in runs:

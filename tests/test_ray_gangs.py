@@ -124,6 +124,11 @@ def test_gang_layouts_make_the_same_latents_as_one_process(ray_cluster, tiny_ckp
     summ = offline_summary(next(runs[0].glob("run-*.wandb")))
     assert summ["done"] == 3 and summ["run/videos"] == 3 and summ["failed"] == 0
     assert "summary: 3 done, 0 skipped" in log and not (sp / "wandb").exists()
+    # `wan-dist status` reads a Ray run's out_dir like any other (the manifest from its config.yaml)
+    from wan_dist.cli import main as cli
+    assert cli(["status", str(dp)]) == 0
+    out = capfd.readouterr().out
+    assert "(3 ids)" in out and "done 3" in out and "complete: every manifest id is done" in out, out
 
 
 def test_a_killed_rank_is_redone_on_a_rebuilt_gang(ray_cluster, tiny_ckpt, tmp_path, monkeypatch, capfd):

@@ -161,13 +161,24 @@ def hydra_main(argv: list[str] | None = None, run=None) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(config_mod.CONF_DIR), config_name="config")
     def _main(dc) -> int:
-        return int(job(dc, stop, state, argv_swept, jobs, run))
+        try:
+            return int(job(dc, stop, state, argv_swept, jobs, run))   # hydra/launcher=slurm sends it back this way
+        finally:
+            if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and state["session"] is not None:
+                # a job of a Slurm sweep runs alone in its own process on a node: nothing to keep for a next job
+                state["session"].close()
+                state["session"] = None
 
     try:
         _main()
     finally:
         if state["session"] is not None:
             state["session"].close()
+    if not jobs and "wan_dist.slurm.sweep" in sys.modules:   # the sweep's jobs ran on Slurm nodes
+        codes = list(sys.modules["wan_dist.slurm.sweep"].codes)
+        code = worst(codes) if codes else ExitCode.CRASH
+        _print_once(f"sweep: {len(codes)} job(s) on Slurm, exit codes {codes} -> {int(code)} ({code.meaning})")
+        outcome.exit_with(code, code.meaning)
     codes = [j["code"] for j in jobs if j["code"] is not None]
     code = worst(codes) if codes and len(codes) == len(jobs) else ExitCode.CRASH
     done = [j for j in jobs if j["code"] is not None]

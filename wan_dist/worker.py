@@ -30,7 +30,7 @@ from .batch.manifest import load_items, single_prompt_items
 from .batch.outputs import OutputDir, OutputsUnwritable
 from .batch.preempt import StopFlag
 from .batch.runner import BatchRunner, Summary
-from .batch.work import WorkSource, make_source
+from .batch.work import WorkSource, make_source, writer_tags
 from .distributed.context import RunContext, env_world
 from .distributed.layout import check_items, check_layout
 from .distributed.mesh import MeshCache
@@ -255,10 +255,12 @@ def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, l
 def _run(cfg, ctx, work, stop, layout, engines: EngineCache, job: JobPart | None = None) -> ExitCode:
     try:
         items, run_settings = prepare_batch(cfg, ctx, layout, engines.checked)
-        out = OutputDir(cfg.out_dir, writer=job.writer if job else None, claim_timeout_s=cfg.batch.claim_timeout_s)
+        out = OutputDir(cfg.out_dir, writer=job.writer if job else None, claim_timeout_s=cfg.batch.claim_timeout_s,
+                        tags=writer_tags(work, ctx))
         doc = None if job else {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
                                 "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
-                                "run_id": out.writer}
+                                "run_id": out.writer,
+                                "manifest_path": cfg.manifest and os.path.abspath(cfg.manifest)}
         kind, run_id = ctx.share_from_main(lambda: open_out_dir(out, doc))   # the main rank's writer names the run
     except ValueError as e:
         return user_error(ctx, e)

@@ -72,6 +72,11 @@ class StopFlag:
                 signal.signal(s, h)
             self._previous.clear()
 
+    def __getstate__(self) -> dict:
+        # a copy sent to another process (a Hydra job pickled for a Slurm node by submitit) starts uninstalled: the
+        # handlers and the nesting depth belong to the process that installed them
+        return {"signum": None, "_previous": {}, "_depth": 0}
+
     def __enter__(self):
         return self.install()
 

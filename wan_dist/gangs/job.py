@@ -94,7 +94,8 @@ class Job:
                                     **config_mod.to_dict(self.cfg)["parallel"], "dp": self.r.gangs},
                          "work": {"source": "ray-queue", "rows": len(rows), "complete": complete,
                                   "failed_before": failed_before, "static_split": self.static_split},
-                         "argv": sys.argv[1:], "run_id": self.run_id})
+                         "argv": sys.argv[1:], "run_id": self.run_id,
+                         "manifest_path": self.cfg.manifest and os.path.abspath(self.cfg.manifest)})
         except OutputsUnwritable as e:
             for g in first:
                 g.release()

@@ -28,9 +28,12 @@ ALLOWED = {
     "analysis": {"files", "models", "config", "observability", "pipeline", "batch"},
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch"},
+    "gangs": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "worker",
+              "exit_codes"},
     "supervise": {"outcome", "exit_codes"},
+    "slurm": {"supervise", "outcome", "exit_codes", "config", "batch"},
     "download": {"models", "observability", "files", "exit_codes"},
-    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download", "analysis"},
+    "cli": {"models", "observability", "supervise", "config", "batch", "exit_codes", "download", "analysis", "slurm"},
     # the Gradio app (launch/app.py): a launcher over the worker core
     "ui": {"config", "models", "observability", "pipeline", "distributed", "batch", "worker", "files", "outcome",
            "exit_codes"},

@@ -3,8 +3,8 @@ launch/run.py).
 
 Add a subcommand by writing `_add_x(parser)` + `_run_x(args) -> int` and registering them in `SUBCOMMANDS`.
 Exit codes: 0 success, 1 the checked thing is not usable, 2 usage errors (unknown model, bad arguments);
-`wan-dist torchrun` exits with the run's own code (README "Exit codes"); `download` adds 74 (disk/IO problems) and
-130 (stopped), see its --help.
+`wan-dist torchrun` and `wan-dist slurm-job` exit with the run's own code (README "Exit codes"); `download` adds 74
+(disk/IO problems) and 130 (stopped), see its --help; `status` exits 0 only when every manifest id is done.
 """
 from __future__ import annotations
 
@@ -65,6 +65,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                  "then validate them",
                  lambda p: __import__("wan_dist.download.cli", fromlist=["x"]).add_args(p),
                  lambda a: __import__("wan_dist.download.cli", fromlist=["x"]).run_cli(a)),
+    "status": ("done / failed / running / pending counts of an out_dir against its manifest (per Slurm array task "
+               "when known), throughput and ETA; exit 0 only when every manifest id is done",
+               lambda p: __import__("wan_dist.batch.status", fromlist=["x"]).add_args(p),
+               lambda a: __import__("wan_dist.batch.status", fromlist=["x"]).run_cli(a)),
     "report": ("timing tables (Markdown, CSV) and plots from a run's or sweep's sidecars into OUT_DIR/report/",
                lambda p: __import__("wan_dist.observability.report", fromlist=["x"]).add_args(p),
                lambda a: __import__("wan_dist.observability.report", fromlist=["x"]).run_cli(a)),
@@ -78,6 +82,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
 }
 
 
+SLURM_JOB_HELP = ("inside a Slurm batch script (slurm/*.sbatch): one run over the job's allocation (ranks per node "
+                  "from it), exit 75 requeues the job")
 TORCHRUN_HELP = ("run torchrun with these options and launch/run.py; exit with the run's own code (0, 2, 3, 74, 75) "
                  "and forward SIGTERM/SIGINT/SIGUSR1 to the workers")
 
@@ -86,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wan-dist", description="wan-dist utilities")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("torchrun", help=TORCHRUN_HELP, add_help=False)   # handled before argparse (see main)
+    sub.add_parser("slurm-job", help=SLURM_JOB_HELP, add_help=False)  # likewise
     for name, (help_text, add_args, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -98,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["torchrun"]:   # everything after it belongs to torchrun and the run: no parsing here
         from wan_dist.supervise import main as supervise
         return supervise(argv[1:])
+    if argv[:1] == ["slurm-job"]:  # likewise: Hydra overrides for the run
+        from wan_dist.slurm.job import main as slurm_job
+        return slurm_job(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -158,6 +158,27 @@ class UIConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """launch/ray_run.py only (wan_dist/gangs/): gangs of ranks on a Ray cluster pull rows from one queue. A gang is
+    one model replica (cfg x ulysses x ring ranks, FSDP inside it); the gangs are the data-parallel axis."""
+    address: str = _doc("local: start a private Ray on this machine (loopback only); auto: join the cluster this "
+                        "machine belongs to (RAY_ADDRESS or the running head); ray://HOST:PORT: Ray client; "
+                        "HOST:PORT: a cluster's GCS address", "local")
+    gangs: int = _doc("number of gangs (model replicas) pulling rows", 1)
+    gang_size: Optional[int] = _doc("ranks per gang; null = parallel.cfg x parallel.ulysses x parallel.ring (a "
+                                    "given value must equal it)", None)
+    gpus_per_rank: float = _doc("GPUs reserved per rank (0 on a CPU-only cluster)", 1.0)
+    cpus_per_rank: float = _doc("CPUs reserved per rank (> 0)", 1.0)
+    max_gang_restarts: int = _doc("how often each gang is killed and rebuilt after one of its ranks died", 3)
+    max_item_attempts: int = _doc("a row whose gang died or whose item failed this many times is recorded failed",
+                                  3)
+    placement_timeout_s: float = _doc("a gang whose placement group is not ready after this long is an error "
+                                      "naming the missing resources (a gang no node can hold fails at once)", 60.0)
+    temp_dir: Optional[str] = _doc("address=local only: Ray's session directory (null = Ray's default, /tmp/ray)",
+                                   None)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = _doc("the task and its native defaults", default_factory=ModelConfig)
     sample: SampleConfig = _doc("sampling overrides", default_factory=SampleConfig)
@@ -167,6 +188,7 @@ class RunConfig:
     batch: BatchConfig = _doc("batch behaviour", default_factory=BatchConfig)
     work: WorkConfig = _doc("work distribution", default_factory=WorkConfig)
     ui: UIConfig = _doc("the Gradio app (launch/app.py)", default_factory=UIConfig)
+    ray: RayConfig = _doc("Ray gangs (launch/ray_run.py only)", default_factory=RayConfig)
     ckpt_dir: Optional[str] = _doc("checkpoint directory (native layout or *-Diffusers)", None)
     out_dir: str = _doc("output directory", "runs/default")
     manifest: Optional[str] = _doc("CSV or JSONL prompt manifest", None)
@@ -390,6 +412,26 @@ def validate(cfg: RunConfig, rows: bool = True) -> None:
     if spec.num_heads % p.ulysses:
         raise ValueError(f"parallel.ulysses={p.ulysses}: must divide the head count of {spec.name} "
                          f"({spec.num_heads})")
+    validate_ray(cfg.ray)
+
+
+def validate_ray(r: RayConfig) -> None:
+    """The `ray` group's own rules (launch/ray_run.py checks the gang against the parallel layout)."""
+    if r.address not in ("local", "auto") and not r.address.startswith("ray://") \
+            and not (":" in r.address and r.address.rsplit(":", 1)[1].isdigit()):
+        raise ValueError(f"ray.address={r.address!r}: must be local, auto, ray://HOST:PORT or HOST:PORT")
+    for path, v, lo in (("ray.gangs", r.gangs, 1), ("ray.max_gang_restarts", r.max_gang_restarts, 0),
+                        ("ray.max_item_attempts", r.max_item_attempts, 1)):
+        if v < lo:
+            raise ValueError(f"{path}={v}: must be >= {lo}")
+    if r.gang_size is not None and r.gang_size < 1:
+        raise ValueError(f"ray.gang_size={r.gang_size}: must be >= 1 (or null for cfg x ulysses x ring)")
+    if not (math.isfinite(r.gpus_per_rank) and r.gpus_per_rank >= 0):
+        raise ValueError(f"ray.gpus_per_rank={r.gpus_per_rank}: must be >= 0")
+    if not (math.isfinite(r.cpus_per_rank) and r.cpus_per_rank > 0):
+        raise ValueError(f"ray.cpus_per_rank={r.cpus_per_rank}: must be > 0 (a Ray bundle needs a resource)")
+    if not r.placement_timeout_s > 0:
+        raise ValueError(f"ray.placement_timeout_s={r.placement_timeout_s}: must be > 0 seconds")
 
 
 def _check_rows_source(cfg: RunConfig) -> None:

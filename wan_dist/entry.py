@@ -67,9 +67,10 @@ def job_dir_name(num: int, task_overrides, swept: set[str], max_len: int = 150) 
 
 
 def job(dc, stop=None, state: dict | None = None, argv_swept: frozenset = frozenset(),
-        jobs: list | None = None) -> ExitCode:
+        jobs: list | None = None, run=None) -> ExitCode:
     """One Hydra job: composed DictConfig -> RunConfig -> worker.main, in the process's worker.Session
-    (`state["session"]`, opened by the first valid job: a config error costs no torch import)."""
+    (`state["session"]`, opened by the first valid job: a config error costs no torch import). `run(cfg, stop=)`,
+    when given, runs the job instead (launch/ray_run.py passes the Ray driver, which loads no models itself)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import OmegaConf
@@ -95,13 +96,17 @@ def job(dc, stop=None, state: dict | None = None, argv_swept: frozenset = frozen
         _print_once(f"config error{' (job ' + record['name'] + ')' if multirun else ''}: {e}")
         record["code"] = int(ExitCode.USAGE)
         return ExitCode.USAGE
-    from .worker import Session, main
-    state = {} if state is None else state
-    if state.get("session") is None:
-        state["session"] = Session()
+    if run is None:
+        from .worker import Session, main
+        state = {} if state is None else state
+        if state.get("session") is None:
+            state["session"] = Session()
+
+        def run(cfg, stop):
+            return main(cfg, stop=stop, session=state["session"])
     t0 = time.perf_counter()            # the job's own time: not the interpreter's one-time imports above
     try:
-        code = main(cfg, stop=stop, session=state["session"])
+        code = run(cfg, stop=stop)
     except Exception:
         if not multirun:
             raise
@@ -132,8 +137,9 @@ def _sweep_summary(jobs: list[dict], code: ExitCode) -> None:
             root.rmdir()
 
 
-def hydra_main(argv: list[str] | None = None) -> None:
-    """`python launch/run.py [overrides]`: never returns (exits with the run's code, see outcome.exit_with)."""
+def hydra_main(argv: list[str] | None = None, run=None) -> None:
+    """`python launch/run.py [overrides]`: never returns (exits with the run's code, see outcome.exit_with).
+    `run(cfg, stop=) -> ExitCode` runs one composed job (default: worker.main in the process's Session)."""
     import hydra
 
     from .batch.preempt import StopFlag
@@ -155,13 +161,24 @@ def hydra_main(argv: list[str] | None = None) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(config_mod.CONF_DIR), config_name="config")
     def _main(dc) -> int:
-        return int(job(dc, stop, state, argv_swept, jobs))
+        try:
+            return int(job(dc, stop, state, argv_swept, jobs, run))   # hydra/launcher=slurm sends it back this way
+        finally:
+            if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and state["session"] is not None:
+                # a job of a Slurm sweep runs alone in its own process on a node: nothing to keep for a next job
+                state["session"].close()
+                state["session"] = None
 
     try:
         _main()
     finally:
         if state["session"] is not None:
             state["session"].close()
+    if not jobs and "wan_dist.slurm.sweep" in sys.modules:   # the sweep's jobs ran on Slurm nodes
+        codes = list(sys.modules["wan_dist.slurm.sweep"].codes)
+        code = worst(codes) if codes else ExitCode.CRASH
+        _print_once(f"sweep: {len(codes)} job(s) on Slurm, exit codes {codes} -> {int(code)} ({code.meaning})")
+        outcome.exit_with(code, code.meaning)
     codes = [j["code"] for j in jobs if j["code"] is not None]
     code = worst(codes) if codes and len(codes) == len(jobs) else ExitCode.CRASH
     done = [j for j in jobs if j["code"] is not None]

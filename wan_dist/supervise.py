@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
         proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *argv],
-                                env={**os.environ, outcome.OUTCOME_ENV: str(d)}, start_new_session=True)
+                                env={**os.environ, outcome.OUTCOME_ENV: str(d)}, start_new_session=True,
+                                preexec_fn=_ignore_usr1)
         while proc.poll() is None:
             for sig in list(received):
                 for pid in outcome.pids(d):
@@ -64,6 +65,14 @@ def main(argv: list[str]) -> int:
     code = decide(rc, results, started, stopped=bool(received))
     print(f"wan-dist torchrun: exit {int(code)} ({code.meaning})", file=sys.stderr, flush=True)
     return int(code)
+
+
+def _ignore_usr1() -> None:
+    """In the torchrun child, before exec: torchrun has no SIGUSR1 handler, so USR1 would kill the agent (and the
+    rendezvous store its workers use). Under Slurm every process of a job step gets the step's signals (srun
+    forwarding them, `scancel --signal=USR1 JOB`, `--signal` without `B:`), torchrun included. An ignored signal stays
+    ignored across exec; the workers install their own handler at start (entry.hydra_main) and stop at a safe point."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def decide(torchrun_rc: int, results: dict[int, dict], started: int, stopped: bool) -> ExitCode:

@@ -4,6 +4,8 @@
     main(cfg) -> ExitCode                the torchrun / single-process path: layout check, process group, run
     Session                              what a process keeps across runs (the jobs of a Hydra sweep): the process
                                          group with a mesh per layout, and the loaded models (EngineCache)
+A run can be one part of a larger job (`JobPart`: a Ray gang, wan_dist/gangs/): then the job's driver names the run,
+writes config.yaml and results.jsonl and holds the one metrics logger, and the part only makes its rows.
 
 Order matters (DESIGN §4-5): the config, the parallel layout, every manifest row and the checkpoint files are all
 validated before any model weight is read, and a user error (ValueError naming field, value and rule) ends the run
@@ -28,14 +30,14 @@ from .batch.manifest import load_items, single_prompt_items
 from .batch.outputs import OutputDir, OutputsUnwritable
 from .batch.preempt import StopFlag
 from .batch.runner import BatchRunner, Summary
-from .batch.work import WorkSource, make_source
+from .batch.work import WorkSource, make_source, writer_tags
 from .distributed.context import RunContext, env_world
 from .distributed.layout import check_items, check_layout
 from .distributed.mesh import MeshCache
 from .distributed.parallelize import dit_shard_fn, parallelize
 from .exit_codes import ExitCode, worst
 from .models import checkpoint
-from .models.device import placement, resolve_device
+from .models.device import dtype_names, placement, resolve_device
 from .models.loading import load_models
 from .models.registry import get_model
 from .observability.figures import reduce_load
@@ -67,6 +69,16 @@ class Engine:
     speed: dict | None = None   # attention backend, compile targets, cfg_batch (run info)
 
 
+@dataclass(frozen=True)
+class JobPart:
+    """This run is one part of a job that a driver coordinates (a Ray gang): the job's run id names every sidecar,
+    `writer` is this part's ledger/claims name (the driver releases a dead part's claims by it), `layout` is added
+    to the sidecars' layout (which gang, which rebuild)."""
+    run_id: str
+    writer: str
+    layout: dict
+
+
 def user_error(ctx: RunContext, e: ValueError) -> ExitCode:
     """One clear message, once (rank 0), no traceback; nothing was written."""
     if ctx.is_main:
@@ -92,19 +104,25 @@ def check_checkpoint(cfg, spec, checked: dict | None = None):
     return checked[key]
 
 
-def prepare_batch(cfg, ctx: RunContext, layout=None, checked: dict | None = None) -> tuple[list, dict]:
+def prepare_batch(cfg, ctx: RunContext, layout=None, checked: dict | None = None,
+                  device_type: str | None = None) -> tuple[list, dict]:
     """(items, the run part of their settings). All of it on rank 0, once, read-only: the manifest rows, the
     checkpoint files (and their identity; `checked`: see check_checkpoint), out_dir (a directory, no symlink where
     wan-dist writes) and the ids out_dir already holds with other settings (batch.on_change=stop: a ValueError
-    listing them, before any model work)."""
+    listing them, before any model work). `device_type`: resolve dtype=auto for that device instead of this
+    process's (the Ray driver validates for gangs that run elsewhere, e.g. on GPU nodes while the driver has none)."""
     spec = get_model(cfg.model.name)
 
     def on_main():
         items = load_items(cfg.manifest, cfg, spec) if cfg.manifest else single_prompt_items(cfg, spec)
         report = check_checkpoint(cfg, spec, checked)
-        place = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
-                          t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model, local_rank=ctx.local_rank)
-        run = settings_mod.run_settings(cfg, report.identity(), place.describe())
+        if device_type is None:
+            dtypes = placement(device=cfg.device, dtype=cfg.dtype, t5_dtype=cfg.t5_dtype, vae_dtype=cfg.vae_dtype,
+                               t5_cpu=cfg.t5_cpu, offload_model=cfg.offload_model,
+                               local_rank=ctx.local_rank).describe()
+        else:
+            dtypes = dtype_names(cfg.dtype, cfg.t5_dtype, cfg.vae_dtype, device_type)
+        run = settings_mod.run_settings(cfg, report.identity(), dtypes)
         items = settings_mod.attach(items, run)
         out = OutputDir(cfg.out_dir, writer="validation")
         out.check()
@@ -288,28 +306,31 @@ class Session:
 
 
 def run(cfg, ctx: RunContext | None = None, work: WorkSource | None = None, *, layout=None,
-        stop: StopFlag | None = None, engines: EngineCache | None = None) -> ExitCode:
+        stop: StopFlag | None = None, engines: EngineCache | None = None, job: JobPart | None = None) -> ExitCode:
     """One run over `work`'s rows on this process's place in the run (`ctx`); every rank of the run calls it.
     `stop`: the process's stop flag (entry.py installs one for the whole process, so a signal that arrives during
     start-up or teardown is never fatal); a private one is installed for the run when none is given.
-    `engines`: the process's EngineCache (models reused across runs); a private one (load, then drop) when None."""
+    `engines`: the process's EngineCache (models reused across runs); a private one (load, then drop) when None.
+    `job`: set when this run is one part of a driver's job (see JobPart)."""
     ctx = ctx or RunContext()
     work = work or make_source(cfg.work)
     stop = (stop or StopFlag()).install()  # a stop signal during validation or loading ends at the first safe point
     try:
-        return _run(cfg, ctx, work, stop, layout, engines or EngineCache())
+        return _run(cfg, ctx, work, stop, layout, engines or EngineCache(), job)
     finally:
         stop.restore()
 
 
-def _run(cfg, ctx, work, stop, layout, engines: EngineCache) -> ExitCode:
+def _run(cfg, ctx, work, stop, layout, engines: EngineCache, job: JobPart | None = None) -> ExitCode:
     try:
         items, run_settings = prepare_batch(cfg, ctx, layout, engines.checked)
-        cache_base = cache_settings(cfg, get_model(cfg.model.name))
-        out = OutputDir(cfg.out_dir, claim_timeout_s=cfg.batch.claim_timeout_s)
-        doc = {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
-               "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
-               "run_id": out.writer}
+        cache_base = cache_settings(cfg, get_model(cfg.model.name))     # reads sample.cache_mag_ratios
+        out = OutputDir(cfg.out_dir, writer=job.writer if job else None, claim_timeout_s=cfg.batch.claim_timeout_s,
+                        tags=writer_tags(work, ctx))
+        doc = None if job else {"config": config_mod.to_dict(cfg), "versions": versions(), "layout": ctx.describe(),
+                                "work": work.describe() if hasattr(work, "describe") else {}, "argv": sys.argv[1:],
+                                "run_id": out.writer,
+                                "manifest_path": cfg.manifest and os.path.abspath(cfg.manifest)}
         kind, run_id = ctx.share_from_main(lambda: open_out_dir(out, doc))   # the main rank's writer names the run
     except ValueError as e:
         return user_error(ctx, e)
@@ -317,32 +338,12 @@ def _run(cfg, ctx, work, stop, layout, engines: EngineCache) -> ExitCode:
         if ctx.is_main:
             print(f"error: {run_id}", file=sys.stderr, flush=True)
         return ExitCode.IOERR
-    engine, reused = engines.get(cfg, ctx, items, cache_base)
-    model_load_s = 0.0 if reused else engine.model_load_s     # this run's load (charged to its first video)
-    compile_s = 0.0 if reused else engine.compile_s           # likewise the compile stage
-    spec = get_model(cfg.model.name)
-    progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
-    engine.generator.on_step = progress.step
+    if job is not None:
+        return _run_part(cfg, ctx, work, stop, items, run_settings, out, engines, job, cache_base)
     sink = make_sink(cfg, out.root, is_logger=ctx.is_main, run_id=run_id)
     sink.log_config(config_mod.to_dict(cfg))
-    run_info = {"run_id": run_id, "model_load_s": round(model_load_s, 6),
-                "load_seconds": {} if reused else engine.load_seconds,
-                "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
-                "ckpt_dir": str(cfg.ckpt_dir), "compile_s": round(compile_s, 6), **engine.speed,
-                # reused: the models an earlier run of this process loaded (in `loaded_s`); loads: how many times
-                # this process has loaded models so far (1 for a whole sweep over sampling settings)
-                "engine": {"reused": reused, "loads": engines.loads, "loaded_s": round(engine.model_load_s, 6)}}
-    layout_info = {**ctx.describe(), **engine.parallel.describe()}
-    runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
-                         model_load_s=model_load_s, run_info=run_info, layout=layout_info, sink=sink,
-                         progress=progress, stop=stop, run_settings=run_settings, compile_s=compile_s)
-    if ctx.is_main:
-        how = "reused (loaded earlier in this process)" if reused else f"loaded in {engine.model_load_s:.2f}s"
-        log.info("model %s %s (%s on %s); %d item(s) in the manifest, work source %s", spec.name, how,
-                 run_info["dtype"], run_info["device"], len(items), work.name)
-    summary = runner.run(items)
-    ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
-    total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
+    model_load_s, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, engines, {},
+                                     cache_base)
     code = outcome(total)
     if ctx.is_main:
         out.ledger.write_merged_view()
@@ -353,6 +354,49 @@ def _run(cfg, ctx, work, stop, layout, engines: EngineCache) -> ExitCode:
     sink.close()
     out.drop_partial()
     return code
+
+
+def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, engines: EngineCache,
+               extra_layout: dict, cache_base=None) -> tuple[float, Summary]:
+    """Load (or reuse) the models, run the batch over the work source: (this run's model load seconds, the run's
+    total Summary, which every rank agrees on)."""
+    engine, reused = engines.get(cfg, ctx, items, cache_base)
+    model_load_s = 0.0 if reused else engine.model_load_s     # this run's load (charged to its first video)
+    compile_s = 0.0 if reused else engine.compile_s           # likewise the compile stage
+    spec = get_model(cfg.model.name)
+    progress = Progress(enabled=cfg.batch.progress and ctx.is_main)
+    engine.generator.on_step = progress.step
+    run_info = {"run_id": run_id, "model_load_s": round(model_load_s, 6),
+                "load_seconds": {} if reused else engine.load_seconds,
+                "checkpoint_dtype": engine.checkpoint_dtype, **engine.placement.describe(),
+                "ckpt_dir": str(cfg.ckpt_dir), "compile_s": round(compile_s, 6), **engine.speed,
+                # reused: the models an earlier run of this process loaded (in `loaded_s`); loads: how many times
+                # this process has loaded models so far (1 for a whole sweep over sampling settings)
+                "engine": {"reused": reused, "loads": engines.loads, "loaded_s": round(engine.model_load_s, 6)}}
+    layout_info = {**ctx.describe(), **engine.parallel.describe(), **extra_layout}
+    runner = BatchRunner(cfg=cfg, spec=spec, generator=engine.generator, out=out, ctx=ctx, work=work,
+                         model_load_s=model_load_s, run_info=run_info, layout=layout_info, sink=sink,
+                         progress=progress, stop=stop, run_settings=run_settings, compile_s=compile_s)
+    if ctx.is_main:
+        how = "reused (loaded earlier in this process)" if reused else f"loaded in {engine.model_load_s:.2f}s"
+        log.info("model %s %s (%s on %s); %d item(s) in the manifest, work source %s", spec.name, how,
+                 run_info["dtype"], run_info["device"], len(items), work.name)
+    summary = runner.run(items)
+    ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
+    total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
+    return model_load_s, total
+
+
+def _run_part(cfg, ctx, work, stop, items, run_settings, out, engines: EngineCache, job: JobPart,
+              cache_base=None) -> ExitCode:
+    """One part of a driver's job: no config.yaml, no results.jsonl, no logger here (the driver owns them)."""
+    from .observability.sinks import NullSink
+    _, total = _make_rows(cfg, ctx, work, stop, items, run_settings, out, job.run_id, NullSink(), engines, job.layout,
+                          cache_base)
+    if ctx.is_main:
+        log.info("summary of this part: %s", total.line())
+    out.drop_partial()
+    return outcome(total)
 
 
 def outcome(s: Summary) -> ExitCode:

@@ -45,10 +45,11 @@ def _parse(path: Path, default_writer: str) -> list[dict]:
 
 
 class Ledger:
-    def __init__(self, root: Path, writer: str):
+    def __init__(self, root: Path, writer: str, tags: dict | None = None):
         self.root = Path(root)
         self.dir = self.root / LEDGER_DIR
         self.writer = writer
+        self.tags = dict(tags or {})     # carried by every record of this writer (array task, Slurm job)
         self.own = self.dir / f"{writer}.jsonl"
         self._latest: dict[str, dict] | None = None
 
@@ -56,7 +57,7 @@ class Ledger:
     def append(self, record: dict) -> dict:
         """Append one record to this writer's own file (fsync). Returns the record as written."""
         t_ns = time.time_ns()
-        rec = redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, keep=("id",),
+        rec = redact({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record, **self.tags}, keep=("id",),
                      literals=(record["id"],))   # the id is data, also inside the paths the record names
         rec.update(writer=self.writer, t_ns=t_ns)
         data = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode()

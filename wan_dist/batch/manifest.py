@@ -16,14 +16,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from ..config import RunConfig
-from ..models.registry import ModelSpec
-from ..pipeline.request import GenerationRequest, build_request
 from .images import ImageFacts, inspect_image
 from .manifest_read import ManifestError, read_records
 
-__all__ = ["COLUMNS", "Item", "ManifestError", "check_id", "derive_id", "load_items", "single_prompt_items"]
+if TYPE_CHECKING:   # building requests needs the pipeline (torch); reading ids does not (wan-dist status)
+    from ..config import RunConfig
+    from ..models.registry import ModelSpec
+    from ..pipeline.request import GenerationRequest
+
+__all__ = ["COLUMNS", "Item", "ManifestError", "check_id", "derive_id", "load_items", "read_ids",
+           "single_prompt_items"]
 
 COLUMNS = {"id": str, "prompt": str, "negative_prompt": str, "seed": int, "image": str, "size": str,
            "frame_num": int, "steps": int, "shift": float, "guide_scale": float, "guide_scale_high": float,
@@ -88,10 +92,11 @@ def check_image(path: Path, shown: str) -> None:
     inspect_image(path, shown)
 
 
-def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
-    path = Path(path)
+def _scan(path: Path, make: Callable | None = None) -> tuple[list, list[str]]:
+    """Every row in file order, checked and named as the runner sees it: (results, problems). A good row gives
+    make(index, line, row, item_id) (a ValueError from it is that row's problem), or (index, item_id) without make."""
     rows, problems = read_records(path)
-    items: list[Item] = []
+    out: list = []
     seen: dict[str, int] = {}
     folded: dict[str, tuple[str, int]] = {}   # ids differing only in case are one file on macOS / Windows / SMB
     if not rows and not problems:
@@ -127,9 +132,26 @@ def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
         seen[item_id] = line
         folded[item_id.casefold()] = (item_id, line)
         try:
-            items.append(_item(index, line, cfg, spec, row, item_id, path.parent))
+            out.append(make(index, line, row, item_id) if make else (index, item_id))
         except ValueError as e:
             problems.append(f"{where} {e}")
+    return out, problems
+
+
+def read_ids(path: str | Path) -> list[tuple[int, str]]:
+    """(row index, id) of every row, exactly as load_items numbers and names them, without building requests (no
+    torch, no image opened: `wan-dist status` and the Slurm pre-check read manifests this way). ManifestError for the
+    rows load_items would reject on their columns or ids."""
+    ids, problems = _scan(Path(path))
+    if problems:
+        raise ManifestError(problems)
+    return ids
+
+
+def load_items(path: str | Path, cfg: RunConfig, spec: ModelSpec) -> list[Item]:
+    path = Path(path)
+    items, problems = _scan(path, lambda index, line, row, item_id: _item(index, line, cfg, spec, row, item_id,
+                                                                          path.parent))
     if problems:
         raise ManifestError(problems)
     return items
@@ -166,6 +188,7 @@ def resolve_image(row: dict, spec: ModelSpec, base: Path) -> ImageFacts | None:
 
 def _item(index: int, line: int, cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, base: Path) -> Item:
     """The row's Item: its image checked (the output size it leads to too), its request built under every rule."""
+    from ..pipeline.request import build_request
     shown = row.get("image")
     facts = resolve_image(row, spec, base)
     req = build_request(cfg, spec, row, item_id, image_size=facts and (facts.width, facts.height), image_label=shown)

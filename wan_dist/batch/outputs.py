@@ -73,13 +73,15 @@ SIDECAR_DATA_KEYS = ("id",)
 
 
 class OutputDir:
-    def __init__(self, root: str | Path, writer: str | None = None, claim_timeout_s: float = 300.0):
+    def __init__(self, root: str | Path, writer: str | None = None, claim_timeout_s: float = 300.0,
+                 tags: dict | None = None):
+        """`tags`: carried by this writer's ledger records and claims (batch.work.writer_tags)."""
         self.root = Path(root).resolve()
         self.videos = self.root / "videos"
         self.writer = writer or writer_name()
         self.partial = self.root / PARTIAL / self.writer
-        self.ledger = Ledger(self.root, self.writer)
-        self.claims = Claims(self.root, self.writer, claim_timeout_s)
+        self.ledger = Ledger(self.root, self.writer, tags)
+        self.claims = Claims(self.root, self.writer, claim_timeout_s, tags)
 
     # -- the directory ------------------------------------------------------------------------------------------
     def check(self) -> None:

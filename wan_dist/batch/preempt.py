@@ -39,6 +39,20 @@ class StopFlag:
                         signal.Signals(signum).name)
         self.signum = signum
 
+    def request(self, signum: int, why: str) -> None:
+        """A stop asked for by someone else than a signal to this process (a Ray gang's driver); `signum` is what
+        the run reports as the reason."""
+        if self.signum is None:
+            log.warning("stop requested (%s): stopping at the next safe point (between items or denoise steps)", why)
+            self.signum = signum
+
+    def reclaim(self) -> None:
+        """Put this flag's handlers back where a library replaced them (ray.init installs its own SIGTERM handler,
+        which exits at once); the handlers found at `install` are still the ones `restore` brings back."""
+        if self._depth and threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handler)
+
     def install(self) -> "StopFlag":
         """Install the handlers (main thread only; elsewhere, e.g. in a worker thread, this is a no-op)."""
         if threading.current_thread() is not threading.main_thread():
@@ -57,6 +71,11 @@ class StopFlag:
             for s, h in self._previous.items():
                 signal.signal(s, h)
             self._previous.clear()
+
+    def __getstate__(self) -> dict:
+        # a copy sent to another process (a Hydra job pickled for a Slurm node by submitit) starts uninstalled: the
+        # handlers and the nesting depth belong to the process that installed them
+        return {"signum": None, "_previous": {}, "_depth": 0}
 
     def __enter__(self):
         return self.install()

@@ -17,7 +17,12 @@ TEST HOOKS (environment variables, read per item; never set them in production):
                                             (read in wan_dist.pipeline.generator) -> FloatingPointError -> failed.
   WAN_DIST_TEST_SIGKILL_AT=<id>:<stage>     SIGKILL this process at <stage> of item <id>: `after_mp4` (mp4 written,
                                             no sidecar / ledger line yet) or `after_sidecar`; only in the first
-                                            attempt (TORCHELASTIC_RESTART_COUNT unset or 0), so a restart completes.
+                                            attempt (TORCHELASTIC_RESTART_COUNT unset or 0, and no leftovers of an
+                                            earlier attempt at the item), so a restart or a rebuilt Ray gang completes.
+                                            `every_start`: at the start of EVERY attempt under a Ray gang (a poison
+                                            row that kills each gang that takes it; no leftovers to tell attempts by).
+  WAN_DIST_TEST_ITEM_SLEEP=<id>:<s>[,...]   item <id> sleeps <s> seconds inside its timed work: a replica whose work
+                                            does not load this host's CPUs (a GPU), for bench/queue_balance.py.
 """
 from __future__ import annotations
 
@@ -137,9 +142,16 @@ def load_image(path: str | None):
         return im.convert("RGB")
 
 
-def _test_hook_kill(item_id: str, stage: str) -> None:
+def _test_hook_sleep(item_id: str) -> None:
+    for part in filter(None, os.environ.get("WAN_DIST_TEST_ITEM_SLEEP", "").split(",")):
+        key, _, seconds = part.rpartition(":")
+        if key == item_id:
+            time.sleep(float(seconds))
+
+
+def _test_hook_kill(item_id: str, stage: str, redo: bool = False) -> None:
     spec = os.environ.get("WAN_DIST_TEST_SIGKILL_AT")
-    if not spec or spec != f"{item_id}:{stage}":
+    if not spec or spec != f"{item_id}:{stage}" or redo:
         return
     if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
         return
@@ -166,6 +178,7 @@ class BatchRunner:
         self.sink = sink
         self.progress = progress
         self._load_charged = False
+        self._redo = False
         self.stop = stop or StopFlag()
         self.poll_s = min(5.0, max(0.2, cfg.batch.claim_timeout_s / 10))
 
@@ -197,6 +210,7 @@ class BatchRunner:
 
     def _decide_as_writer(self, it: Item) -> tuple[str, str]:
         item_id = it.request.id
+        retry_failed = self.cfg.batch.retry_failed or self.work.retry(it)   # the work source may retry a failure
         holder = self.out.claims.acquire(item_id)
         if holder is not None:
             return HELD, str(holder)
@@ -205,7 +219,7 @@ class BatchRunner:
         if (rec is None or rec.get("status") != "ok") and os.path.lexists(self.out.path_for(item_id, ".json")):
             rec = self.out.ledger.latest(refresh=True).get(item_id)   # finished by another writer since we looked
         complete = self.out.is_complete(item_id, rec)
-        skip = complete or (rec is not None and rec.get("status") == "failed" and not self.cfg.batch.retry_failed)
+        skip = complete or (rec is not None and rec.get("status") == "failed" and not retry_failed)
         if skip and differs(rec, it):   # made (or failed) with other settings: never skipped silently
             change = describe_change(self.out, it, rec, self.run_settings)
             note = f"{', '.join(change.fields)} (made by {change.writer})"
@@ -216,7 +230,7 @@ class BatchRunner:
         if complete:
             self.out.claims.release(item_id)
             return COMPLETE, ""
-        if rec is not None and rec.get("status") == "failed" and not self.cfg.batch.retry_failed:
+        if rec is not None and rec.get("status") == "failed" and not retry_failed:
             self.out.claims.release(item_id)
             return FAILED_BEFORE, ""
         if rec is None or rec.get("status") != "failed":
@@ -326,7 +340,8 @@ class BatchRunner:
             log.error("%s", note)
             self.work.done(it, "stopped")
             return "stopped"
-        if note == "redo":
+        self._redo = note == "redo"
+        if self._redo:
             log.warning("item %s: leftovers are incomplete or corrupt; redoing it", item_id)
             summary.redone += 1
         changed = note[len("changed:"):].split(",") if note.startswith("changed:") else None
@@ -370,8 +385,10 @@ class BatchRunner:
     def run_one(self, it: Item, summary: Summary, changed: list[str] | None = None) -> bool | None:
         """True ok, False failed (recorded), None preempted mid-item (nothing written)."""
         req = it.request
+        _test_hook_kill(req.id, "every_start")
         timer = StageTimer(self.gen.device)
         t0 = time.perf_counter()
+        _test_hook_sleep(req.id)
         err = None
         # 1. the image (may have changed or vanished since validation)
         try:
@@ -438,7 +455,7 @@ class BatchRunner:
                 outputs.update(self.write_extras(req.id, result))
                 video = self.out.write_video(req.id, result.frames.numpy(), cfg.model.fps,
                                              lossless=cfg.output.lossless, crf=cfg.output.crf)
-            _test_hook_kill(req.id, "after_mp4")
+            _test_hook_kill(req.id, "after_mp4", self._redo)
             timings = timer.as_dict()
             if not self._load_charged:  # the first video this process makes carries the one-time load + compile
                 timings["model_load"] = self.model_load_s
@@ -453,7 +470,7 @@ class BatchRunner:
             if changed:
                 sidecar["settings"]["changed"] = changed
             self.out.write_sidecar(req.id, sidecar)
-            _test_hook_kill(req.id, "after_sidecar")
+            _test_hook_kill(req.id, "after_sidecar", self._redo)
             self.out.drop_stale_extras(req.id, outputs)   # an earlier attempt's extras this run did not make
             self.out.append_ledger({"id": req.id, "status": "ok", "row": it.line, "mp4": outputs["mp4"],
                                     "sidecar": outputs["sidecar"], "seed": req.seed,

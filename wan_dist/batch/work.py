@@ -10,7 +10,8 @@ it, whatever the source.
             goes to g = i % (K*dp). Deterministic: every task computes the same split from the same manifest
     queue   every row, each replica starting at its own offset and wrapping around; a row is taken by whichever
             replica claims it first, so fast replicas take more rows (a lease = a claim; ack = the ledger line)
-Ray gangs bring their own source (a lease from the driver's dispenser) with the same interface.
+Ray gangs bring their own source (a lease from the driver's queue, wan_dist/gangs/lease.py) with the same interface;
+it also retries a failed row (`retry`) until ray.max_item_attempts.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class WorkSource(Protocol):
     def next(self) -> Item | None: ...
 
     def done(self, item: Item, outcome: str) -> None: ...   # ok | failed | skipped | held | stopped
+
+    def retry(self, item: Item) -> bool: ...   # run it even if the ledger says failed (the source retries it)
 
     def describe(self) -> dict: ...
 
@@ -55,6 +58,9 @@ class _ListSource:
     def done(self, item: Item, outcome: str) -> None:
         pass
 
+    def retry(self, item: Item) -> bool:
+        return False                    # a failed row is retried only with batch.retry_failed=true
+
     def describe(self) -> dict:
         return {"source": self.name, "candidates": len(self._todo)}
 
@@ -78,7 +84,7 @@ class ArrayShare(_ListSource):
     def select(self, items, ctx):
         n = self.tasks * ctx.dp_size
         g = self.task * ctx.dp_size + ctx.dp_rank
-        return [it for it in items if it.index % n == g]
+        return [it for it in items if it.index % n == g]   # array_task_of(i) == task, replica dp_rank
 
     def describe(self) -> dict:
         return {**super().describe(), "array_task": self.task, "array_tasks": self.tasks}
@@ -107,6 +113,25 @@ def array_position_from_env(environ=None) -> tuple[int, int]:
     step = int(env.get("SLURM_ARRAY_TASK_STEP", 1)) or 1
     count = int(env.get("SLURM_ARRAY_TASK_COUNT", (int(env.get("SLURM_ARRAY_TASK_MAX", tid)) - lo) // step + 1))
     return (tid - lo) // step, count
+
+
+def writer_tags(work: WorkSource, ctx, environ=None) -> dict:
+    """What this run's ledger records and claims carry besides the writer (read by `wan-dist status`): the Slurm job
+    (`<array job>_<task>` for an array task) and, for an array share, {"task", "tasks", "replicas"}."""
+    env = os.environ if environ is None else environ
+    tags: dict = {}
+    if isinstance(work, ArrayShare):
+        tags["array"] = {"task": work.task, "tasks": work.tasks, "replicas": ctx.dp_size}
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        tags["slurm_job"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    elif env.get("SLURM_JOB_ID"):
+        tags["slurm_job"] = env["SLURM_JOB_ID"]
+    return tags
+
+
+def array_task_of(index: int, tasks: int, replicas: int) -> int:
+    """The array task whose share holds row `index` (ArrayShare: row i -> global replica i % (tasks*replicas))."""
+    return (index % (tasks * replicas)) // replicas
 
 
 def make_source(work_cfg, environ=None) -> WorkSource:

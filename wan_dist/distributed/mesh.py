@@ -6,7 +6,10 @@ neighbouring ranks (same node). Named sub-meshes built here once:
     sp       = ring x ulysses (the 2-D ("ring", "ulysses") slice diffusers' context parallelism wants)
     world    = every dim flattened (stop flags, config check)
 Nothing else in wan-dist calls new_group / init_device_mesh. Under torchrun's shared agent store, init uses this
-attempt's own store namespace (rendezvous.py) so a restarted group never reads a dead attempt's keys.
+attempt's own store namespace (rendezvous.py) so a restarted group never reads a dead attempt's keys. A group that
+torchrun does not start (a Ray gang, wan_dist/gangs/) rendezvouses through a TCPStore its rank 0 hosts
+(`host_store` / `join_store` -> `StoreInit`); each gang (and each rebuild of it) gets a fresh store, so no stale key
+can exist, and the gang's process group holds only its own ranks.
 """
 from __future__ import annotations
 
@@ -33,12 +36,32 @@ def pick_backend(name: str, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def init_process_group(backend: str, device: torch.device) -> None:
+@dataclass(frozen=True)
+class StoreInit:
+    """An explicit rendezvous (no torchrun environment): the store rank 0 hosts, this rank, the group size."""
+    store: object
+    rank: int
+    world: int
+
+
+def host_store(world: int, timeout=default_pg_timeout) -> dist.TCPStore:
+    """The store of a new group, hosted by its rank 0 on a port the OS picks (port 0: no probe-then-bind race);
+    `.port` tells the other ranks where to connect."""
+    return dist.TCPStore("0.0.0.0", 0, world, is_master=True, wait_for_workers=False, timeout=timeout)
+
+
+def join_store(host: str, port: int, world: int, timeout=default_pg_timeout) -> dist.TCPStore:
+    return dist.TCPStore(host, int(port), world, is_master=False, timeout=timeout)
+
+
+def init_process_group(backend: str, device: torch.device, init: StoreInit | None = None) -> None:
     if dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if uses_shared_agent_store():
+    if init is not None:
+        dist.init_process_group(backend=backend, store=init.store, rank=init.rank, world_size=init.world)
+    elif uses_shared_agent_store():
         # torchrun shares one store across restarts: give this attempt its own namespace (rendezvous.py)
         store, rank, world = attempt_store(default_pg_timeout)
         dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
@@ -100,13 +123,14 @@ class MeshCache:
         self._meshes: dict[tuple, Mesh] = {}
         self._owns = False
 
-    def context(self, layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0):
+    def context(self, layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0,
+                init: StoreInit | None = None):
         from .context import RunContext
         from .dist_context import DistContext
         if layout.dp * layout.replica_size == 1 and not dist.is_initialized():
             return RunContext(degrees=layout.degrees())
         if not dist.is_initialized():       # a test worker may run several configs in one process group of its own
-            init_process_group(pick_backend(backend, device), device)
+            init_process_group(pick_backend(backend, device), device, init)
             self._owns = True
         key = (layout, str(device))
         if key not in self._meshes:         # every rank builds the same meshes in the same order (same jobs)
@@ -121,12 +145,14 @@ class MeshCache:
 
 
 @contextmanager
-def open_context(layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0):
+def open_context(layout: Layout, device: torch.device, backend: str = "auto", local_rank: int = 0,
+                 init: StoreInit | None = None):
     """The RunContext of this process for `layout` (one run): single process when the layout is one rank (no process
-    group), else init the process group (unless a caller already did), build the mesh and yield a DistContext; the
-    group is destroyed on every exit path, errors included."""
+    group), else init the process group (unless a caller already did; from `init` when given, else torchrun's
+    environment), build the mesh and yield a DistContext; the group is destroyed on every exit path, errors
+    included."""
     cache = MeshCache()
     try:
-        yield cache.context(layout, device, backend, local_rank)
+        yield cache.context(layout, device, backend, local_rank, init)
     finally:
         cache.close()

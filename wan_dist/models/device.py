@@ -30,6 +30,15 @@ def resolve_dtype(name: str, device: torch.device, field: str) -> torch.dtype:
     return parse_dtype(name, field)
 
 
+def dtype_names(dtype: str, t5_dtype: str, vae_dtype: str, device_type: str) -> dict:
+    """The dtype names `Placement.describe()` gives for a device of `device_type` ("cuda" or "cpu"), without needing
+    that device here (the Ray driver resolves dtype=auto for gangs on other nodes)."""
+    dev = torch.device(device_type)
+    names = {"dtype": resolve_dtype(dtype, dev, "dtype"), "t5_dtype": resolve_dtype(t5_dtype, dev, "t5_dtype"),
+             "vae_dtype": parse_dtype(vae_dtype, "vae_dtype")}
+    return {k: str(v).replace("torch.", "") for k, v in names.items()}
+
+
 @dataclass(frozen=True)
 class Placement:
     device: torch.device          # where the DiT runs

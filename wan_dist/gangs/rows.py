@@ -1,0 +1,36 @@
+"""The driver's file-side helpers: the queue rebuilt from the ledger, a dead gang's claims and temp files released."""
+from __future__ import annotations
+
+import shutil
+
+from ..batch.changes import differs
+from ..batch.claims import Claims
+from ..batch.outputs import OutputDir
+
+
+def queue_rows(items, out: OutputDir, retry_failed: bool, on_change: str) -> tuple[list[tuple[int, str]], int, int]:
+    """The queue rebuilt from the ledger: (rows to make, already complete, recorded failed and not retried). A row
+    made (or failed) with other settings is queued unless batch.on_change=keep: the gang's batch runner then applies
+    batch.on_change to it as on any launcher."""
+    latest = out.ledger.latest(refresh=True)
+    rows, complete, failed = [], 0, 0
+    for it in items:
+        rec = latest.get(it.request.id)
+        changed = differs(rec, it) and on_change != "keep"
+        if out.is_complete(it.request.id, rec) and not changed:
+            complete += 1
+        elif rec is not None and rec.get("status") == "failed" and not retry_failed and not changed:
+            failed += 1
+        else:
+            rows.append((it.index, it.request.id))
+    return rows, complete, failed
+
+
+def release_writer(out: OutputDir, writer: str | None) -> None:
+    """A dead gang's claims and temp files: its processes are gone, so nobody needs to wait for the claim timeout."""
+    if writer is None:
+        return
+    dead = Claims(out.root, writer)
+    for p in sorted((out.root / "claims").glob("*.claim")):
+        dead.release(p.name[: -len(".claim")])
+    shutil.rmtree(out.root / ".partial" / writer, ignore_errors=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A CFG-truncation sweep on the tiny random-weight MoE model (the stand-in for t2v-A14B: two experts, both truncation
-# windows), then its timing report and what each setting costs and changes against no truncation. About a minute on
-# a CPU; the weights are random, so the videos are noise, but the machinery, files and plots are the real ones.
+# windows), then its timing report and what each setting costs and changes against no truncation. One to two minutes
+# on a CPU; the weights are random, so the videos are noise, but the machinery, files and plots are the real ones.
 #
 #   bash examples/sweep.sh                        # -> runs/examples/sweep/: one directory per setting,
 #                                                 #    report/ (report.md, PNGs), compare/ (compare.md, PNG)

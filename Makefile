@@ -33,9 +33,14 @@ demo: $(STAMP)
 	    ckpt_dir=$(DEMO_CKPT) manifest=examples/prompts.csv out_dir=$(DEMO_OUT) logger=wandb
 	$(BIN)/wan-dist report $(DEMO_OUT)
 	@echo
-	@echo "videos + sidecars: $(DEMO_OUT)/videos/   ledger: $(DEMO_OUT)/results.jsonl"
-	@echo "timings report:    $(DEMO_OUT)/report/report.md (plots: $(DEMO_OUT)/report/*.png)"
-	@echo "W&B offline run:   $(DEMO_OUT)/wandb/offline-run-* (upload: wandb sync <that dir>)"
+	@echo "Where to look:"
+	@echo "  videos:          $(DEMO_OUT)/videos/<id>.mp4 (random weights: noise-like, real H.264)"
+	@echo "  sidecars:        $(DEMO_OUT)/videos/<id>.json (request, seed, per-stage and per-step timings, layout)"
+	@echo "  ledger:          $(DEMO_OUT)/results.jsonl (one line per video)"
+	@echo "  timings report:  $(DEMO_OUT)/report/report.md, made by: .venv/bin/wan-dist report $(DEMO_OUT)"
+	@echo "  plots:           $(DEMO_OUT)/report/stage_breakdown.png, $(DEMO_OUT)/report/per_step.png"
+	@echo "  W&B offline run: $(DEMO_OUT)/wandb/offline-run-* (upload: wandb sync <that dir>)"
+	@echo "Next: examples/README.md (JSONL rows, image to video, a sweep + compare, multi-GPU commands)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

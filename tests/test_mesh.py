@@ -27,6 +27,8 @@ def test_dp_minus_one_takes_what_is_left():
     (["parallel.cfg=2", "sample.guide_scale=1.0"], 2, "parallel.cfg=2: CFG-parallel needs guidance on"),
     (["parallel.fsdp=true"], 2, "parallel.fsdp=true: a replica of 1 rank has nothing to shard"),
     (["parallel.fsdp=true"], 1, "e.g. parallel.ulysses=2"),
+    (["parallel.fsdp=true", "parallel.dp=1"], 2, "FSDP shards over the ranks of one replica (cfg x ulysses x "
+     "ring), never over dp: to shard over all 2 ranks make them one replica, e.g. parallel.dp=-1 parallel.ulysses=2"),
     (["parallel.ulysses=2", "sample.size=48*16", "sample.frame_num=9"], 2,
      "sample.size=48*16: 9 tokens (9 frames) must be divisible by ulysses x ring = 2"),
 ])

@@ -262,5 +262,8 @@ def test_decode_command_turns_saved_latents_into_the_same_frames(runs, ckpt, tmp
     out = tmp_path / "again.mp4"
     assert main(["decode", str(lat), "--ckpt-dir", str(ckpt), "--out", str(out), "--lossless"]) == 0
     np.testing.assert_array_equal(read_mp4(out), frames)
+    import av
+    with av.open(str(out)) as f:      # the model's own frame rate (conf/model/<name>.yaml), as the run wrote it
+        assert f.streams.video[0].average_rate == json.loads((videos / f"{item}.json").read_text())["video"]["fps"]
     assert main(["decode", str(lat), "--ckpt-dir", str(tmp_path), "--out", str(tmp_path / "x.mp4")]) == 2
     assert not (tmp_path / "x.mp4").exists()

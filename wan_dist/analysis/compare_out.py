@@ -37,8 +37,10 @@ def _md_table(rows: list[dict], columns: list[str]) -> list[str]:
             + ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows])
 
 
-def _label(r: dict) -> str:
-    return f"N={r['cfg_truncate_steps']} M={r['cfg_truncate_high_noise_steps']} {r['cfg_truncate_keep']}"
+def _label(r: dict, with_m: bool = True) -> str:
+    """A setting's short label: the truncation windows (M only where some setting has one) and the keep mode."""
+    m = f" M={r['cfg_truncate_high_noise_steps']}" if with_m else ""
+    return f"N={r['cfg_truncate_steps']}{m} {r['cfg_truncate_keep']}"
 
 
 def plot_time_vs_fidelity(comp: Comparison, path: Path) -> None:
@@ -47,27 +49,34 @@ def plot_time_vs_fidelity(comp: Comparison, path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     pts = [r for r in comp.settings if r["setting"] not in comp.baselines and r["denoise_saved_pct"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     markers = {"uncond": "o", "cond": "s"}
+    with_m = any(r["cfg_truncate_high_noise_steps"] for r in pts)
     for ax, key, unit in ((axes[0], "psnr_db", "PSNR vs baseline (dB, higher = closer)"),
                           (axes[1], "ssim", "SSIM vs baseline (1 = identical)")):
         for keep, m in markers.items():
             sel = [r for r in pts if r["cfg_truncate_keep"] == keep and r[key] is not None
                    and not math.isinf(r[key])]
+            if not sel:           # no empty entry in the key for a keep mode the sweep did not run
+                continue
             ax.scatter([r["denoise_saved_pct"] for r in sel], [r[key] for r in sel], marker=m, s=40,
                        label=f"keep={keep}")
             for r in sel:
-                ax.annotate(_label(r).rsplit(" ", 1)[0], (r["denoise_saved_pct"], r[key]), fontsize=7,
+                ax.annotate(_label(r, with_m).rsplit(" ", 1)[0], (r["denoise_saved_pct"], r[key]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("denoise time saved vs baseline (%)")
         ax.set_ylabel(unit)
+        ax.margins(0.15)          # room for the point labels inside the axes
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:                   # one key for both panels, below them: never over a point
+        fig.legend(handles, names, loc="outside lower center", ncols=len(handles), fontsize=8,
+                   title="the pass a truncated step runs", title_fontsize=8)
     same = sum(1 for r in pts if r["psnr_db"] is not None and math.isinf(r["psnr_db"]))
-    fig.suptitle(f"What each setting costs and changes ({len(pts)} setting(s) vs the baseline"
+    fig.suptitle(f"What each setting costs and changes ({len(pts)} setting(s) vs the baseline; N = last steps "
+                 + ("of the run, M = last high-noise steps" if with_m else "of the run") + " with one DiT forward"
                  + (f"; {same} identical to it, not drawn" if same else "") + ")", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 

@@ -43,6 +43,15 @@ def decode_latents(latents_path, ckpt_dir, *, model: str | None = None, device: 
     return vae_ops.to_uint8_frames(vae_ops.decode(vae, latents)).numpy(), meta
 
 
+def model_fps(name: str | None) -> int:
+    """The model's native frame rate, from its defaults in conf/model/<name>.yaml (the one owner of that fact)."""
+    import yaml
+
+    from ..config import CONF_DIR
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    return int((yaml.safe_load(path.read_text()) or {}).get("fps") or 16) if name and path.is_file() else 16
+
+
 def add_args(p) -> None:
     p.add_argument("latents", help="a videos/<id>.latents.safetensors file (written with output.save_latents=true)")
     p.add_argument("--ckpt-dir", required=True, help="the checkpoint directory (native layout): its VAE is used")
@@ -63,7 +72,7 @@ def run_cli(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"wan-dist decode: error: {e}", file=sys.stderr)
         return 2
-    fps = args.fps or (24 if (args.model or meta.get("model", "")).startswith(("ti2v", "tiny-ti2v")) else 16)
+    fps = args.fps or model_fps(args.model or meta.get("model"))
     data, _ = encode_mp4(frames, fps, lossless=args.lossless)
     out = Path(args.out)
     write_bytes_atomic(out, data)

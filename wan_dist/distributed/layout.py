@@ -45,8 +45,13 @@ def resolve_layout(cfg, world_size: int) -> Layout:
     else:
         dp = p.dp
     if dp * inner != world_size:
+        hint = ""
+        if p.fsdp and inner == 1:   # e.g. fsdp=true dp=1 on 2 ranks: the user wants sharding, not a product rule
+            hint = (f"; FSDP shards over the ranks of one replica (cfg x ulysses x ring), never over dp: to shard "
+                    f"over all {world_size} ranks make them one replica, e.g. parallel.dp=-1 "
+                    f"parallel.ulysses={world_size} (see docs/PARALLEL.md)")
         raise ValueError(f"parallel.dp={p.dp}: dp x cfg x ulysses x ring = {dp} x {p.cfg} x {p.ulysses} x {p.ring} = "
-                         f"{dp * inner} must equal the world size {world_size} (dp=-1 takes whatever is left)")
+                         f"{dp * inner} must equal the world size {world_size} (dp=-1 takes whatever is left){hint}")
     return Layout(dp=dp, cfg=p.cfg, ring=p.ring, ulysses=p.ulysses, fsdp=p.fsdp, t5_fsdp=p.t5_fsdp)
 
 

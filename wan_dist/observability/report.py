@@ -137,16 +137,49 @@ def swept_keys(sidecars: list[dict]) -> list[str]:
     return keys
 
 
-def _label(sc) -> str:
-    return f"{sc['_setting']}/{sc['id']}" if sc.get("_setting") else str(sc["id"])
+def _short_dir_label(setting: str) -> str:
+    """`3_sample.cfg_truncate_keep=cond,sample.cfg_truncate_steps=1` -> `cfg_truncate_keep=cond, cfg_truncate_steps=1`
+    (the job number and the group prefixes dropped): for sweeps over keys the sidecars do not record."""
+    _, _, rest = setting.partition("_") if setting.split("_", 1)[0].isdigit() else ("", "", setting)
+    parts = []
+    for piece in rest.split(","):
+        key, eq, value = piece.partition("=")
+        if eq:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+        elif parts:             # a value holding a comma (a swept list)
+            parts[-1] += "," + piece
+    return ", ".join(parts) or setting
 
 
-def plot_stage_breakdown(sidecars, path: Path) -> None:
+def setting_labels(sidecars: list[dict]) -> dict[str, str]:
+    """A short label per sweep setting for plots: the swept keys' short names and values (`cfg_truncate_steps=3`),
+    never the whole override string. Falls back to the shortened directory name when the recorded settings do not
+    tell the settings apart (a sweep over a key outside SETTING_KEYS, e.g. output.lossless)."""
+    settings = sorted({sc.get("_setting", "") for sc in sidecars})
+    if len(settings) < 2:
+        return {s: "" for s in settings}
+    keys = swept_keys(sidecars)
+    first = {}
+    for sc in sidecars:
+        first.setdefault(sc.get("_setting", ""), sc)
+    labels = {s: ", ".join(f"{k}={_setting_value(first[s].get(k))}" for k in keys) for s in settings}
+    if not keys or len(set(labels.values())) < len(settings):
+        labels = {s: _short_dir_label(s) for s in settings}
+    return labels
+
+
+def _label(sc, labels: dict | None = None) -> str:
+    """A video's label in plots: its id, and in a sweep its setting's short label."""
+    short = (labels or {}).get(sc.get("_setting", ""), sc.get("_setting"))
+    return f"{sc['id']} ({short})" if short else str(sc["id"])
+
+
+def plot_stage_breakdown(sidecars, path: Path, labels: dict | None = None) -> None:
     import matplotlib.pyplot as plt
     parts = [("model_load", "#9e9e9e"), ("compile", "#bab0ac"), ("text_encode", "#4e79a7"), ("latents", "#76b7b2"),
              ("denoise_only", "#f28e2b"), ("expert_switch", "#e15759"), ("vae_decode", "#59a14f"),
              ("save", "#b07aa1")]
-    labels = [_label(sc) for sc in sidecars]
+    names = [_label(sc, labels) for sc in sidecars]
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.45 * len(sidecars) + 1.5)))
     left = [0.0] * len(sidecars)
     for key, color in parts:
@@ -157,47 +190,58 @@ def plot_stage_breakdown(sidecars, path: Path) -> None:
         else:
             vals = [float(sc["timings"].get(key, 0.0)) for sc in sidecars]
             name = LABELS[key]
-        ax.barh(labels, vals, left=left, color=color, label=name)
+        ax.barh(range(len(names)), vals, left=left, color=color, label=name)
         left = [a + b for a, b in zip(left, vals)]
+    ax.set_yticks(range(len(names)), names)   # by position: two videos with one label stay two bars
     ax.set_xlabel("time (seconds)")
     ax.set_ylabel("video")
     ax.set_title("Stage breakdown per video (model load is charged to a process's first video)", fontsize=10)
     ax.invert_yaxis()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="stage")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """Legends sit outside the axes (never over the data); the saved box grows to hold them and every label."""
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 
-def plot_per_step(sidecars, path: Path, max_videos: int = 12) -> None:
+def plot_per_step(sidecars, path: Path, max_videos: int = 12, labels: dict | None = None) -> None:
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    from matplotlib.lines import Line2D
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     markers = {"high": "^", "low": "v", "single": "o"}
     shown = [sc for sc in sidecars if sc.get("per_step_s")][:max_videos]
-    switch_labelled = False
+    handles, switched = [], False
+    ax.set_prop_cycle(color=plt.get_cmap("tab20" if len(shown) > 10 else "tab10").colors)  # no colour twice
     for sc in shown:
         steps = [1000.0 * s for s in sc["per_step_s"]]
         experts = sc.get("step_experts") or ["single"] * len(steps)
-        line, = ax.plot(range(len(steps)), steps, alpha=0.8, label=_label(sc))
+        line, = ax.plot(range(len(steps)), steps, alpha=0.8, label=_label(sc, labels))
+        handles.append(line)
         for ex in sorted(set(experts)):
             idx = [i for i, e in enumerate(experts) if e == ex]
             ax.scatter(idx, [steps[i] for i in idx], marker=markers.get(ex, "o"), color=line.get_color(), s=22)
         for i in range(1, len(experts)):
             if experts[i] != experts[i - 1]:
-                ax.axvline(i - 0.5, color=line.get_color(), linestyle="--", alpha=0.6,
-                           label=None if switch_labelled else "expert switch (high → low noise)")
-                switch_labelled = True
+                ax.axvline(i - 0.5, color=line.get_color(), linestyle="--", alpha=0.6)
+                switched = True
+    # the key to the marks after the videos: one entry each, in black (the marks take their video's colour)
+    if switched:
+        handles.append(Line2D([], [], color="k", linestyle="--", label="expert switch (high → low noise)"))
     for ex, m in markers.items():
-        if any(ex in (sc.get("step_experts") or []) for sc in shown):
-            ax.scatter([], [], marker=m, color="k", label=f"{ex} expert" if ex != "single" else "single model")
+        if any(ex in (sc.get("step_experts") or ["single"]) for sc in shown):
+            handles.append(Line2D([], [], marker=m, color="k", linestyle="none",
+                                  label=f"{ex}-noise expert" if ex != "single" else "single model"))
     ax.set_xlabel("denoising step")
     ax.set_ylabel("time per step (milliseconds)")
     ax.set_title("Per-step time" + (f" (first {max_videos} videos)" if len(sidecars) > max_videos else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="video",
+              title_fontsize=8)
+    _save(fig, path)
 
 
 def plot_sweep(sidecars, key: str, path: Path) -> None:
@@ -211,22 +255,23 @@ def plot_sweep(sidecars, key: str, path: Path) -> None:
         return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
     xs = sorted(by, key=order)
     xlabels = [str(_setting_value(json.loads(x))) for x in xs]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for name, get in (("denoise", lambda s: s["timings"].get("denoise", 0.0)),
                       ("pure inference", lambda s: s.get("inference_s") or 0.0),
                       ("VAE decode", lambda s: s["timings"].get("vae_decode", 0.0))):
         ys = [sum(get(s) for s in by[x]) / len(by[x]) for x in xs]
         ax.plot(range(len(xs)), ys, marker="o", label=f"{name} (mean per video)")
-    ax.set_xticks(range(len(xs)), xlabels)
+    crowded = sum(len(x) + 2 for x in xlabels) > 60        # long values (sizes, prompts): slant them
+    ax.set_xticks(range(len(xs)), xlabels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlabel(key)
     ax.set_ylabel("time per video (seconds)")
-    ax.set_title(f"Time against {key} ({len(sidecars)} videos, {len(xs)} settings)")
+    others = len({sc.get("_setting") for sc in sidecars}) > len(xs)
+    ax.set_title(f"Time against {key} ({len(sidecars)} videos, {len(xs)} values"
+                 + (", mean over the other swept settings" if others else "") + ")", fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
 
 
 def write_report(out_dir) -> Path:
@@ -247,8 +292,9 @@ def write_report(out_dir) -> Path:
     write_bytes_atomic(rep / "videos.csv", _csv(vrows, VIDEO_COLUMNS).encode())
     write_bytes_atomic(rep / "stages.csv", _csv(srows, STAGE_COLUMNS).encode())
     plots = ["stage_breakdown.png", "per_step.png"]
-    plot_stage_breakdown(sidecars, rep / "stage_breakdown.png")
-    plot_per_step(sidecars, rep / "per_step.png")
+    labels = setting_labels(sidecars)
+    plot_stage_breakdown(sidecars, rep / "stage_breakdown.png", labels)
+    plot_per_step(sidecars, rep / "per_step.png", labels=labels)
     keys = swept_keys(sidecars)
     for k in keys:
         plot_sweep(sidecars, k, rep / f"sweep_{k}.png")

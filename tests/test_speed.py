@@ -151,6 +151,27 @@ def test_pinned_magcache_updates_its_schedule_in_place(tiny_ckpt, tmp_path):
         assert torch.equal(a.latents, b.latents)
 
 
+def test_pinned_without_a_cache_takes_videos_of_any_step_count(tiny_ckpt):
+    """Under Ulysses/ring with sample.cache=none (the default) nothing is installed, and videos with different step
+    counts follow each other (a 2-node Slurm run whose rows had 30 and 2 steps failed every row after the first)."""
+    from wan_dist.models.device import placement
+    from wan_dist.models.loading import load_models
+    from wan_dist.models.registry import get_model
+    from wan_dist.pipeline.cache import StepCache
+    from wan_dist.pipeline.generator import WanGenerator
+    from wan_dist.pipeline.request import build_request
+    spec, ck = get_model(MODEL), tiny_ckpt(MODEL)
+    cfg = compose([f"model={MODEL}", f"ckpt_dir={ck}", "prompt=x", *BASE[:3]])
+    place = placement(device="cpu", dtype="fp32", t5_dtype="fp32", vae_dtype="fp32", t5_cpu=False,
+                      offload_model=False)
+    models = load_models(spec, ck, place)
+    gen = WanGenerator(models, place, boundary=cfg.model.boundary, step_cache=StepCache(models.dits, pinned=True))
+    for n in (6, 2, 6):
+        res = gen.generate(build_request(cfg, spec, {"prompt": "a cat", "steps": n, "seed": 5}, f"r{n}"))
+        assert res.denoise.cache["method"] == "none"
+        assert sum(c["dit_calls"] for c in res.denoise.cache["experts"].values()) == 2 * n
+
+
 def test_a_cache_switched_off_elsewhere_is_switched_on_again(tiny_ckpt):
     """Two generators over the same loaded DiTs (bench/speed.py does this): each video gets its own generator's
     cache, whatever the other one did to the shared models in between."""

@@ -169,6 +169,9 @@ class StepCache:
         if self.pinned and current is not None:
             # Ulysses/ring: the hooks stay where they were installed (inside the context-parallel split); only
             # MagCache's schedule may change per video, in place on the config object its hooks hold
+            if lib is None and current[1] is None:     # no cache in this run: nothing installed, nothing to change
+                self._installed[expert] = (key, None)
+                return
             assert lib is not None and type(lib) is type(current[1]), "the cache method is fixed per run here"
             for f in dataclasses.fields(lib):
                 setattr(current[1], f.name, getattr(lib, f.name))

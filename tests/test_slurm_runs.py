@@ -184,7 +184,10 @@ def test_two_node_job_stopped_by_usr1_resumes_and_makes_the_same_latents_as_one_
     assert one.returncode == 0, one_log[-3000:]
     assert "2 node(s) n1,n2 x 2 rank(s) per node (--ntasks-per-node=2)" in log, log
     assert f"c10d rendezvous at {c.nodes['n1']}:" in log and log.count("wan-dist torchrun: exit 75") == 2, log
-    assert log.count("received SIGUSR1") == 4 and "Traceback" not in log, log      # every rank, no crash
+    # every rank got the stop request (a rank may log a second USR1: srun forwards the batch script's signal to
+    # every task, and a second delivery is harmless), no crash
+    assert all(f"[rank{r}] WARNING wan_dist.batch.preempt: received SIGUSR1" in log for r in range(4)), log
+    assert "Traceback" not in log, log
     assert f"requeueing job {jid} (restart 1)" in log and log.count("wan-dist torchrun: exit 0") == 2, log
     print(f"\n[slurm] the 2-node run stopped {'mid-item' if 'nothing of it is written' in log else 'between items'}")
     from wan_dist.batch.extras import load_latents

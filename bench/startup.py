@@ -1,0 +1,225 @@
+"""Process start-up and teardown of wan-dist, side by side with the floors (issue 20).
+
+Every measurement is a fresh process, timed from just before it is spawned. Per round, in a rotated order:
+
+  torch       `python -c "import torch"`: the floor every wan-dist process pays
+  libraries   `python -c` importing the library classes a tiny run uses (torch, diffusers' Wan DiT / VAE / schedulers,
+              transformers' UMT5 + tokenizer, PyAV): the floor of any script built on the same libraries
+  help        `wan-dist --help`
+  check       `wan-dist check-checkpoint CKPT --model MODEL`
+  report      `wan-dist report OUT` (on a finished run's out_dir)
+  run         `launch/run.py` one tiny video (logger=none): start -> first item started (its progress line on stderr),
+              the item (-> its ledger record, wall clock t_ns), last item -> process exit; and the wall time
+  run_wandb   the same with logger=wandb (offline files: the demo's logger), only with --wandb
+  floor       bench/pipeline_floor.py: the same video with nothing around it (same markers)
+
+Min and median over the rounds; ratios are of the minima (this machine is shared and noisy: the minimum is the
+least disturbed run). `--imports` instead runs each command once under `python -X importtime` and prints where the
+import time goes (top-level packages by self time, and the largest imports).
+
+    .venv/bin/python bench/startup.py [--rounds 5] [--wandb] [--json out.json]
+    .venv/bin/python bench/startup.py --imports
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("text_encode", "denoise", "vae_decode", "save")     # the sidecar's stage timings, per item
+LIBRARIES = ("import torch; from diffusers import WanTransformer3DModel, AutoencoderKLWan, UniPCMultistepScheduler; "
+             "from transformers import UMT5EncoderModel, AutoTokenizer; import av")
+
+
+def cli(*args: str, importtime: bool = False) -> list[str]:
+    """`wan-dist ARGS` as the console script runs it (the entry point is wan_dist.cli:main)."""
+    return [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "wan_dist.cli", *args]
+
+
+def run_cmd(ckpt: Path, out: Path, a, logger: str = "none", importtime: bool = False) -> list[str]:
+    return [sys.executable, *(["-X", "importtime"] if importtime else []), str(REPO / "launch/run.py"),
+            f"model={a.model}", f"ckpt_dir={ckpt}", "prompt=a cat walking on grass", f"out_dir={out}",
+            f"sample.steps={a.steps}", f"sample.frame_num={a.frames}", f"sample.size={a.size}", f"logger={logger}",
+            "device=cpu", "batch.progress=true"]
+
+
+def floor_cmd(ckpt: Path, out: Path, a, importtime: bool = False) -> list[str]:
+    return [sys.executable, *(["-X", "importtime"] if importtime else []), str(REPO / "bench/pipeline_floor.py"),
+            str(ckpt), str(out / "floor.mp4"), f"--model={a.model}", f"--steps={a.steps}", f"--frames={a.frames}",
+            f"--size={a.size}"]
+
+
+def spawn(cmd: list[str], env: dict) -> dict:
+    """Run `cmd`; every stderr line with the wall-clock time (ns) it arrived. Start and exit in the same clock."""
+    start = time.time_ns()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    lines = [(time.time_ns(), line) for line in p.stderr]
+    rc = p.wait()
+    end = time.time_ns()
+    if rc != 0:
+        tail = "".join(line for _, line in lines[-20:])
+        raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{tail}")
+    return {"start": start, "end": end, "lines": lines}
+
+
+def wall(cmd: list[str], env: dict) -> dict:
+    r = spawn(cmd, env)
+    return {"wall_s": (r["end"] - r["start"]) / 1e9}
+
+
+def phases(r: dict, first_ns: int, last_ns: int) -> dict:
+    return {"wall_s": (r["end"] - r["start"]) / 1e9, "start_to_first_item_s": (first_ns - r["start"]) / 1e9,
+            "item_s": (last_ns - first_ns) / 1e9, "last_item_to_exit_s": (r["end"] - last_ns) / 1e9}
+
+
+def measure_run(cmd: list[str], out: Path, env: dict) -> dict:
+    r = spawn(cmd, env)
+    first = next(t for t, line in r["lines"] if "video 1/" in line)     # Progress.item_start's line
+    last = max(json.loads(line)["t_ns"] for f in (out / "ledger").glob("*.jsonl")
+               for line in f.read_text().splitlines() if line.strip())
+    (sidecar,) = (out / "videos").glob("*.json")
+    stages = json.loads(sidecar.read_text())["timings"]
+    return {**phases(r, first, last), **{f"stage {k}_s": stages[k] for k in STAGES}}
+
+
+def measure_floor(cmd: list[str], env: dict) -> dict:
+    r = spawn(cmd, env)
+    mark = {line.split()[1]: line.split(maxsplit=2)[2] for _, line in r["lines"] if line.startswith("FLOOR ")}
+    stages = json.loads(mark["timings"])
+    return {**phases(r, int(mark["item_start"]), int(mark["item_end"])),
+            **{f"stage {k}_s": stages.get(k, 0.0) for k in STAGES}}
+
+
+def summarize(samples: dict[str, list[dict]]) -> dict:
+    out = {}
+    for name, runs in samples.items():
+        out[name] = {k: {"min": round(min(r[k] for r in runs), 3),
+                         "median": round(statistics.median(r[k] for r in runs), 3)} for k in runs[0]}
+    return out
+
+
+def ratios(s: dict) -> dict:
+    torch_s = s["torch"]["wall_s"]["min"]
+    r = {"run start_to_first_item / torch import": s["run"]["start_to_first_item_s"]["min"] / torch_s,
+         "run start_to_first_item / libraries import": s["run"]["start_to_first_item_s"]["min"]
+         / s["libraries"]["wall_s"]["min"],
+         "run wall / floor wall": s["run"]["wall_s"]["min"] / s["floor"]["wall_s"]["min"],
+         "run start_to_first_item / floor start_to_first_item": s["run"]["start_to_first_item_s"]["min"]
+         / s["floor"]["start_to_first_item_s"]["min"],
+         "libraries import / torch import": s["libraries"]["wall_s"]["min"] / torch_s}
+    if "run_wandb" in s:
+        r["run_wandb wall / floor wall"] = s["run_wandb"]["wall_s"]["min"] / s["floor"]["wall_s"]["min"]
+    return {k: round(v, 3) for k, v in r.items()}
+
+
+def benchmark(a, work: Path, ckpt: Path, env: dict) -> dict:
+    samples: dict[str, list[dict]] = collections.defaultdict(list)
+    n = 0
+
+    def fresh() -> Path:
+        nonlocal n
+        n += 1
+        return work / f"out{n}"
+
+    ref = fresh()                                     # a finished run for `wan-dist report`
+    measure_run(run_cmd(ckpt, ref, a), ref, env)
+    jobs = {"torch": lambda: wall([sys.executable, "-c", "import torch"], env),
+            "libraries": lambda: wall([sys.executable, "-c", LIBRARIES], env),
+            "help": lambda: wall(cli("--help"), env),
+            "check": lambda: wall(cli("check-checkpoint", str(ckpt), "--model", a.model), env),
+            "report": lambda: wall(cli("report", str(ref)), env),
+            "floor": lambda: measure_floor(floor_cmd(ckpt, work, a), env)}
+
+    def one_run(logger):
+        out = fresh()
+        return measure_run(run_cmd(ckpt, out, a, logger), out, env)
+
+    jobs["run"] = lambda: one_run("none")
+    if a.wandb:
+        jobs["run_wandb"] = lambda: one_run("wandb")
+    names = list(jobs)
+    load = [os.getloadavg()[0]]
+    for k in range(a.rounds):
+        order = names[k % len(names):] + names[:k % len(names)]       # rotate: no measure always runs first
+        for name in order:
+            samples[name].append(jobs[name]())
+        load.append(os.getloadavg()[0])
+        print(f"round {k + 1}/{a.rounds} done (load average {load[-1]:.2f})", file=sys.stderr, flush=True)
+    s = summarize(samples)
+    return {"results": s, "ratios": ratios(s), "load_average_1min": [round(x, 2) for x in load]}
+
+
+# -- where the import time goes ---------------------------------------------------------------------------------
+def import_profile(lines: list[str], top: int) -> dict:
+    rows = []
+    for line in lines:
+        if line.startswith("import time:") and "self [us]" not in line:
+            self_us, cum_us, name = line[len("import time:"):].split("|")
+            rows.append((int(self_us), int(cum_us), name.rstrip("\n")))
+    by_pkg = collections.Counter()
+    for self_us, _, name in rows:
+        by_pkg[name.strip().split(".")[0]] += self_us
+    total = sum(r[0] for r in rows)
+    roots = sorted((r for r in rows if not r[2].startswith("  ")), key=lambda r: -r[1])[:top]   # imported at top
+    return {"total_self_s": round(total / 1e6, 3),
+            "packages_by_self_s": [(p, round(us / 1e6, 3)) for p, us in by_pkg.most_common(top)],
+            "top_level_imports_cumulative_s": [(name.strip(), round(cum / 1e6, 3)) for _, cum, name in roots]}
+
+
+def imports(a, work: Path, ckpt: Path, env: dict) -> dict:
+    ref = work / "ref"
+    measure_run(run_cmd(ckpt, ref, a), ref, env)
+    cmds = {"torch": [sys.executable, "-X", "importtime", "-c", "import torch"],
+            "help": cli("--help", importtime=True),
+            "check": cli("check-checkpoint", str(ckpt), "--model", a.model, importtime=True),
+            "report": cli("report", str(ref), importtime=True),
+            "run": run_cmd(ckpt, work / "imp-run", a, importtime=True),
+            "floor": floor_cmd(ckpt, work, a, importtime=True)}
+    out = {}
+    for name, cmd in cmds.items():
+        r = spawn(cmd, env)
+        out[name] = {"wall_s": round((r["end"] - r["start"]) / 1e9, 3),
+                     **import_profile([line for _, line in r["lines"]], a.top)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--model", default="tiny-t2v")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--size", default="64*64")
+    ap.add_argument("--wandb", action="store_true", help="also time a run with logger=wandb (offline)")
+    ap.add_argument("--imports", action="store_true", help="where the import time goes (-X importtime), once each")
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from wan_dist.models.tiny import write_tiny_checkpoint
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)                                  # offline W&B only
+    with tempfile.TemporaryDirectory(prefix="wan-dist-startup-") as d:
+        work = Path(d)
+        ckpt = write_tiny_checkpoint(a.model, work / "ckpt")
+        res = imports(a, work, ckpt, env) if a.imports else benchmark(a, work, ckpt, env)
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+           "date": time.strftime("%Y-%m-%d %H:%M"), "model": a.model, "steps": a.steps, "frames": a.frames,
+           "size": a.size, "rounds": 1 if a.imports else a.rounds, **res}
+    text = json.dumps(res, indent=2)
+    print(text)
+    if a.json:
+        a.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

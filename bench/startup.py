@@ -2,23 +2,28 @@
 
 Every measurement is a fresh process, timed from just before it is spawned. Per round, in a rotated order:
 
-  torch       `python -c "import torch"`: the floor every wan-dist process pays
-  libraries   `python -c` importing the library classes a tiny run uses (torch, diffusers' Wan DiT / VAE / schedulers,
-              transformers' UMT5 + tokenizer, PyAV): the floor of any script built on the same libraries
-  help        `wan-dist --help`
-  check       `wan-dist check-checkpoint CKPT --model MODEL`
-  report      `wan-dist report OUT` (on a finished run's out_dir)
-  run         `launch/run.py` one tiny video (logger=none): start -> first item started (its progress line on stderr),
-              the item (-> its ledger record, wall clock t_ns), last item -> process exit; and the wall time
+  torch       `python -c "import torch"`: start -> torch imported (the floor every wan-dist process pays), and wall
+  libraries   `python -c` importing the library classes a tiny run uses (torch, diffusers' Wan DiT / VAE / scheduler,
+              transformers' UMT5 + tokenizer, PyAV): start -> imported (the floor of any script on these libraries)
+  floor       bench/pipeline_floor.py: the same video as `run` with nothing around it (load, encode, denoise, decode,
+              mp4), ended like a plain script
+and for this checkout (`now`) and, with --before DIR, an older checkout of wan-dist (`before`, e.g.
+`git archive main | tar -x -C DIR`), in the same rounds:
+  help        `wan-dist --help` (wall)
+  check       `wan-dist check-checkpoint CKPT --model MODEL` (wall)
+  status      `wan-dist status OUT` (wall; on a finished run's out_dir)
+  report      `wan-dist report OUT` (wall)
+  run         `launch/run.py` one tiny video from a one-row manifest (logger=none): start -> first item started (its
+              progress line on stderr), the item (-> its ledger record, wall clock t_ns), last item -> process exit,
+              wall; and the sidecar's stage times
   run_wandb   the same with logger=wandb (offline files: the demo's logger), only with --wandb
-  floor       bench/pipeline_floor.py: the same video with nothing around it (same markers)
 
 Min and median over the rounds; ratios are of the minima (this machine is shared and noisy: the minimum is the
 least disturbed run). `--imports` instead runs each command once under `python -X importtime` and prints where the
 import time goes (top-level packages by self time, and the largest imports).
 
-    .venv/bin/python bench/startup.py [--rounds 5] [--wandb] [--json out.json]
-    .venv/bin/python bench/startup.py --imports
+    .venv/bin/python bench/startup.py [--rounds 5] [--wandb] [--before DIR] [--json out.json]
+    .venv/bin/python bench/startup.py --imports [--before DIR]
 """
 from __future__ import annotations
 
@@ -36,32 +41,38 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("text_encode", "denoise", "vae_decode", "save")     # the sidecar's stage timings, per item
+MARK = "import sys, time; print('IMPORTED', time.time_ns(), file=sys.stderr, flush=True)"
 LIBRARIES = ("import torch; from diffusers import WanTransformer3DModel, AutoencoderKLWan, UniPCMultistepScheduler; "
              "from transformers import UMT5EncoderModel, AutoTokenizer; import av")
 
 
-def cli(*args: str, importtime: bool = False) -> list[str]:
-    """`wan-dist ARGS` as the console script runs it (the entry point is wan_dist.cli:main)."""
-    return [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "wan_dist.cli", *args]
+def py(importtime: bool) -> list[str]:
+    return [sys.executable, *(["-X", "importtime"] if importtime else [])]
 
 
-def run_cmd(ckpt: Path, out: Path, a, logger: str = "none", importtime: bool = False) -> list[str]:
-    return [sys.executable, *(["-X", "importtime"] if importtime else []), str(REPO / "launch/run.py"),
-            f"model={a.model}", f"ckpt_dir={ckpt}", "prompt=a cat walking on grass", f"out_dir={out}",
-            f"sample.steps={a.steps}", f"sample.frame_num={a.frames}", f"sample.size={a.size}", f"logger={logger}",
-            "device=cpu", "batch.progress=true"]
+def cli(tree: Path, *args: str, importtime: bool = False) -> list[str]:
+    """`wan-dist ARGS` as that checkout's console script runs it (its own wan_dist.cli, first on sys.path)."""
+    code = (f"import sys; sys.path.insert(0, {str(tree)!r}); import wan_dist.cli as c; sys.argv[0] = 'wan-dist'; "
+            "sys.exit(c.console() if hasattr(c, 'console') else c.main())")
+    return [*py(importtime), "-c", code, *args]
+
+
+def run_cmd(tree: Path, ckpt: Path, manifest: Path, out: Path, a, logger: str = "none",
+            importtime: bool = False) -> list[str]:
+    return [*py(importtime), str(tree / "launch/run.py"), f"model={a.model}", f"ckpt_dir={ckpt}",
+            f"manifest={manifest}", f"out_dir={out}", f"sample.steps={a.steps}", f"sample.frame_num={a.frames}",
+            f"sample.size={a.size}", f"logger={logger}", "device=cpu", "batch.progress=true"]
 
 
 def floor_cmd(ckpt: Path, out: Path, a, importtime: bool = False) -> list[str]:
-    return [sys.executable, *(["-X", "importtime"] if importtime else []), str(REPO / "bench/pipeline_floor.py"),
-            str(ckpt), str(out / "floor.mp4"), f"--model={a.model}", f"--steps={a.steps}", f"--frames={a.frames}",
-            f"--size={a.size}"]
+    return [*py(importtime), str(REPO / "bench/pipeline_floor.py"), str(ckpt), str(out / "floor.mp4"),
+            f"--model={a.model}", f"--steps={a.steps}", f"--frames={a.frames}", f"--size={a.size}"]
 
 
 def spawn(cmd: list[str], env: dict) -> dict:
     """Run `cmd`; every stderr line with the wall-clock time (ns) it arrived. Start and exit in the same clock."""
     start = time.time_ns()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
     lines = [(time.time_ns(), line) for line in p.stderr]
     rc = p.wait()
     end = time.time_ns()
@@ -74,6 +85,13 @@ def spawn(cmd: list[str], env: dict) -> dict:
 def wall(cmd: list[str], env: dict) -> dict:
     r = spawn(cmd, env)
     return {"wall_s": (r["end"] - r["start"]) / 1e9}
+
+
+def imported(code: str, env: dict) -> dict:
+    """A process that imports `code` and says when: start -> imported, and its wall (teardown included)."""
+    r = spawn([sys.executable, "-c", f"{code}; {MARK}"], env)
+    t = next(int(line.split()[1]) for _, line in r["lines"] if line.startswith("IMPORTED "))
+    return {"import_s": (t - r["start"]) / 1e9, "wall_s": (r["end"] - r["start"]) / 1e9}
 
 
 def phases(r: dict, first_ns: int, last_ns: int) -> dict:
@@ -107,21 +125,30 @@ def summarize(samples: dict[str, list[dict]]) -> dict:
     return out
 
 
-def ratios(s: dict) -> dict:
-    torch_s = s["torch"]["wall_s"]["min"]
-    r = {"run start_to_first_item / torch import": s["run"]["start_to_first_item_s"]["min"] / torch_s,
-         "run start_to_first_item / libraries import": s["run"]["start_to_first_item_s"]["min"]
-         / s["libraries"]["wall_s"]["min"],
-         "run wall / floor wall": s["run"]["wall_s"]["min"] / s["floor"]["wall_s"]["min"],
-         "run start_to_first_item / floor start_to_first_item": s["run"]["start_to_first_item_s"]["min"]
-         / s["floor"]["start_to_first_item_s"]["min"],
-         "libraries import / torch import": s["libraries"]["wall_s"]["min"] / torch_s}
-    if "run_wandb" in s:
-        r["run_wandb wall / floor wall"] = s["run_wandb"]["wall_s"]["min"] / s["floor"]["wall_s"]["min"]
+def ratios(s: dict, trees: list[str]) -> dict:
+    def m(name, key):
+        return s[name][key]["min"]
+    r = {"libraries import / torch import": m("libraries", "import_s") / m("torch", "import_s")}
+    for t in trees:
+        r[f"{t}: run start_to_first_item / torch import"] = m(f"{t} run", "start_to_first_item_s") / m("torch",
+                                                                                                      "import_s")
+        r[f"{t}: run start_to_first_item / libraries import"] = (m(f"{t} run", "start_to_first_item_s")
+                                                                 / m("libraries", "import_s"))
+        r[f"{t}: run wall / floor wall"] = m(f"{t} run", "wall_s") / m("floor", "wall_s")
+        if f"{t} run_wandb" in s:
+            r[f"{t}: run_wandb wall / floor wall"] = m(f"{t} run_wandb", "wall_s") / m("floor", "wall_s")
+    if len(trees) == 2:
+        for k in ("help", "check", "status", "report", "run", "run_wandb"):
+            if f"now {k}" in s:
+                r[f"now / before: {k} wall"] = m(f"now {k}", "wall_s") / m(f"before {k}", "wall_s")
+        r["now / before: run start_to_first_item"] = (m("now run", "start_to_first_item_s")
+                                                      / m("before run", "start_to_first_item_s"))
+        r["now / before: run last_item_to_exit"] = (m("now run", "last_item_to_exit_s")
+                                                    / m("before run", "last_item_to_exit_s"))
     return {k: round(v, 3) for k, v in r.items()}
 
 
-def benchmark(a, work: Path, ckpt: Path, env: dict) -> dict:
+def benchmark(a, work: Path, ckpt: Path, manifest: Path, trees: dict[str, Path], env: dict) -> dict:
     samples: dict[str, list[dict]] = collections.defaultdict(list)
     n = 0
 
@@ -130,22 +157,24 @@ def benchmark(a, work: Path, ckpt: Path, env: dict) -> dict:
         n += 1
         return work / f"out{n}"
 
-    ref = fresh()                                     # a finished run for `wan-dist report`
-    measure_run(run_cmd(ckpt, ref, a), ref, env)
-    jobs = {"torch": lambda: wall([sys.executable, "-c", "import torch"], env),
-            "libraries": lambda: wall([sys.executable, "-c", LIBRARIES], env),
-            "help": lambda: wall(cli("--help"), env),
-            "check": lambda: wall(cli("check-checkpoint", str(ckpt), "--model", a.model), env),
-            "report": lambda: wall(cli("report", str(ref)), env),
-            "floor": lambda: measure_floor(floor_cmd(ckpt, work, a), env)}
-
-    def one_run(logger):
+    def one_run(tree, logger):
         out = fresh()
-        return measure_run(run_cmd(ckpt, out, a, logger), out, env)
+        return measure_run(run_cmd(tree, ckpt, manifest, out, a, logger), out, env)
 
-    jobs["run"] = lambda: one_run("none")
-    if a.wandb:
-        jobs["run_wandb"] = lambda: one_run("wandb")
+    jobs = {"torch": lambda: imported("import torch", env),
+            "libraries": lambda: imported(LIBRARIES, env),
+            "floor": lambda: measure_floor(floor_cmd(ckpt, work, a), env)}
+    for name, tree in trees.items():
+        ref = fresh()                                 # a finished run for `wan-dist status` / `report`
+        measure_run(run_cmd(tree, ckpt, manifest, ref, a), ref, env)
+        jobs.update({f"{name} help": lambda t=tree: wall(cli(t, "--help"), env),
+                     f"{name} check": lambda t=tree: wall(cli(t, "check-checkpoint", str(ckpt), "--model", a.model),
+                                                          env),
+                     f"{name} status": lambda t=tree, r=ref: wall(cli(t, "status", str(r)), env),
+                     f"{name} report": lambda t=tree, r=ref: wall(cli(t, "report", str(r)), env),
+                     f"{name} run": lambda t=tree: one_run(t, "none")})
+        if a.wandb:
+            jobs[f"{name} run_wandb"] = lambda t=tree: one_run(t, "wandb")
     names = list(jobs)
     load = [os.getloadavg()[0]]
     for k in range(a.rounds):
@@ -155,7 +184,7 @@ def benchmark(a, work: Path, ckpt: Path, env: dict) -> dict:
         load.append(os.getloadavg()[0])
         print(f"round {k + 1}/{a.rounds} done (load average {load[-1]:.2f})", file=sys.stderr, flush=True)
     s = summarize(samples)
-    return {"results": s, "ratios": ratios(s), "load_average_1min": [round(x, 2) for x in load]}
+    return {"results": s, "ratios": ratios(s, list(trees)), "load_average_1min": [round(x, 2) for x in load]}
 
 
 # -- where the import time goes ---------------------------------------------------------------------------------
@@ -175,15 +204,17 @@ def import_profile(lines: list[str], top: int) -> dict:
             "top_level_imports_cumulative_s": [(name.strip(), round(cum / 1e6, 3)) for _, cum, name in roots]}
 
 
-def imports(a, work: Path, ckpt: Path, env: dict) -> dict:
-    ref = work / "ref"
-    measure_run(run_cmd(ckpt, ref, a), ref, env)
-    cmds = {"torch": [sys.executable, "-X", "importtime", "-c", "import torch"],
-            "help": cli("--help", importtime=True),
-            "check": cli("check-checkpoint", str(ckpt), "--model", a.model, importtime=True),
-            "report": cli("report", str(ref), importtime=True),
-            "run": run_cmd(ckpt, work / "imp-run", a, importtime=True),
+def imports(a, work: Path, ckpt: Path, manifest: Path, trees: dict[str, Path], env: dict) -> dict:
+    cmds = {"torch": [*py(True), "-c", "import torch"],
             "floor": floor_cmd(ckpt, work, a, importtime=True)}
+    for name, tree in trees.items():
+        ref = work / f"ref-{name}"
+        measure_run(run_cmd(tree, ckpt, manifest, ref, a), ref, env)
+        cmds.update({f"{name} help": cli(tree, "--help", importtime=True),
+                     f"{name} check": cli(tree, "check-checkpoint", str(ckpt), "--model", a.model, importtime=True),
+                     f"{name} status": cli(tree, "status", str(ref), importtime=True),
+                     f"{name} report": cli(tree, "report", str(ref), importtime=True),
+                     f"{name} run": run_cmd(tree, ckpt, manifest, work / f"imp-{name}", a, importtime=True)})
     out = {}
     for name, cmd in cmds.items():
         r = spawn(cmd, env)
@@ -199,22 +230,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--size", default="64*64")
-    ap.add_argument("--wandb", action="store_true", help="also time a run with logger=wandb (offline)")
+    ap.add_argument("--wandb", action="store_true", help="also time runs with logger=wandb (offline)")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="another wan-dist checkout to measure in the same rounds (e.g. main before a change)")
     ap.add_argument("--imports", action="store_true", help="where the import time goes (-X importtime), once each")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from wan_dist.models.tiny import write_tiny_checkpoint
+    trees = {"now": REPO, **({"before": a.before.resolve()} if a.before else {})}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)                                  # offline W&B only
+    env.pop("PYTHONPATH", None)                                     # each checkout puts itself first on sys.path
     with tempfile.TemporaryDirectory(prefix="wan-dist-startup-") as d:
         work = Path(d)
         ckpt = write_tiny_checkpoint(a.model, work / "ckpt")
-        res = imports(a, work, ckpt, env) if a.imports else benchmark(a, work, ckpt, env)
-    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        manifest = work / "prompts.csv"
+        manifest.write_text("id,prompt\ncat,a cat walking on grass\n")
+        res = (imports if a.imports else benchmark)(a, work, ckpt, manifest, trees, env)
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "date": time.strftime("%Y-%m-%d %H:%M"), "model": a.model, "steps": a.steps, "frames": a.frames,
-           "size": a.size, "rounds": 1 if a.imports else a.rounds, **res}
+           "size": a.size, "rounds": 1 if a.imports else a.rounds, "trees": {k: str(v) for k, v in trees.items()},
+           **res}
     text = json.dumps(res, indent=2)
     print(text)
     if a.json:

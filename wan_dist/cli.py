@@ -12,6 +12,8 @@ import argparse
 import sys
 from typing import Callable
 
+from wan_dist.process import collector_paused, exit_now
+
 
 def _add_tiny(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="tiny model name (tiny-t2v, tiny-ti2v, tiny-t2v-moe, tiny-i2v-moe)")
@@ -49,7 +51,8 @@ def _run_check(args) -> int:
         print(f"wan-dist check-checkpoint: error: {e}", file=sys.stderr)
         return 2
     try:
-        report = validate_checkpoint(args.dir, spec)
+        with collector_paused():   # mostly imports and meta-device modules: nothing for the GC (wan_dist/process.py)
+            report = validate_checkpoint(args.dir, spec)
     except ValueError as e:  # missing directory
         print(f"wan-dist check-checkpoint: error: {e}", file=sys.stderr)
         return 1
@@ -116,5 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     return int(args._run(args))
 
 
+def console() -> None:
+    """The `wan-dist` console script: main(), then the process ends at once (process.exit_now). Every subcommand has
+    closed what it wrote when main() returns; a traceback still ends the process the usual way. A subcommand that
+    imported torch (check-checkpoint, tiny-checkpoint, decode, compare, download's final check) would otherwise spend
+    a second of interpreter teardown finalising modules and objects (docs/BENCHMARKS.md)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import config as config_mod
 from . import outcome
 from .exit_codes import ExitCode, worst
+from .process import collector_paused
 
 log = logging.getLogger("wan_dist")
 
@@ -97,10 +98,12 @@ def job(dc, stop=None, state: dict | None = None, argv_swept: frozenset = frozen
         record["code"] = int(ExitCode.USAGE)
         return ExitCode.USAGE
     if run is None:
-        from .worker import Session, main
         state = {} if state is None else state
         if state.get("session") is None:
-            state["session"] = Session()
+            with collector_paused():    # torch, diffusers, transformers: the process's start-up (wan_dist/process.py)
+                from .worker import Session
+                state["session"] = Session()
+        from .worker import main
 
         def run(cfg, stop):
             return main(cfg, stop=stop, session=state["session"])

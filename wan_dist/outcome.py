@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 OUTCOME_ENV = "WAN_DIST_OUTCOME_DIR"
@@ -50,12 +49,9 @@ def exit_with(code: int, message: str = ""):
     appended, W&B finished, the process group destroyed), and interpreter teardown would only finalise large objects
     one by one -- and, worse, reset the signal handlers to the default first, so a SIGTERM arriving then would kill
     the process instead of being the no-op it is after the run."""
-    import logging
+    from .process import exit_now
     record(code, message)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0 if supervised() else int(code))
+    exit_now(0 if supervised() else int(code))
 
 
 def read_all(d: Path) -> dict[int, dict]:

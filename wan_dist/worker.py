@@ -282,11 +282,10 @@ class EngineCache:
 
 
 def import_libraries() -> None:
-    """The model libraries every run uses (diffusers alone takes seconds to import), imported once when a process's
-    Session opens: part of the process's start-up, like the interpreter's imports, not of its first job's time."""
-    import diffusers  # noqa: F401
-    from diffusers import (AutoencoderKLWan, DPMSolverMultistepScheduler, UniPCMultistepScheduler,  # noqa: F401
-                           WanTransformer3DModel)
+    """The model classes every Wan model uses (diffusers alone takes seconds to import), imported once when a
+    process's Session opens: part of the process's start-up, like the interpreter's imports, not of its first job's
+    time. The solver's scheduler is imported where the run builds one (pipeline/schedule.py), the one it uses only."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: F401
     from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: F401
 
 

@@ -26,6 +26,7 @@ from ..distributed.mesh import open_context
 from ..exit_codes import ExitCode
 from ..models.device import resolve_device
 from ..observability.logs import setup_logging
+from ..process import collector_paused
 from . import args
 from .form import Form
 from .session import Session
@@ -91,7 +92,8 @@ def serve(cfg, cl, lay, device, local_rank, stop) -> ExitCode:
                 raise ValueError(f"config: a rank composed a different config than rank 0 (sha {digest[:12]} on "
                                  f"rank {ctx.rank}); every rank must get the same argv and files")
             port = ctx.share_from_main(lambda: pick_port(cfg.ui.host, cfg.ui.port))
-            session = Session(cfg, ctx, stop, lay, Form(cfg, cl.given, cl.random_seed, lay.replica_size))
+            with collector_paused():   # the model libraries and the models live as long as the app (process.py)
+                session = Session(cfg, ctx, stop, lay, Form(cfg, cl.given, cl.random_seed, lay.replica_size))
         except ValueError as e:
             _say(f"error: {e}")
             return ExitCode.USAGE
@@ -110,7 +112,8 @@ def _serve_page(session: Session, cfg, port: int) -> None:
     jobs: queue.Queue = queue.Queue()
     try:
         page.gradio_env(session.out.partial / "gradio")  # before gradio is imported
-        demo = page.build(session, jobs, cfg.ui.lang)
+        with collector_paused():       # gradio and the page's blocks: as long-lived as the models
+            demo = page.build(session, jobs, cfg.ui.lang)
         url = page.launch(demo, cfg.ui.host, port)
     except BaseException:
         session.ctx.replica_post(session.seq, None)      # the other ranks end too

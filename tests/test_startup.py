@@ -26,12 +26,16 @@ NOTHING_HEAVY = NOT_FOR_RUNS | MODEL_LIBS | {"huggingface_hub", "av", "numpy", "
 
 def imported(cmd: list[str], ok_codes=(0,)) -> set[str]:
     """Run `cmd` (a python command line) under -X importtime; the top-level packages it imported."""
+    return imported_and_output(cmd, ok_codes)[0]
+
+
+def imported_and_output(cmd: list[str], ok_codes=(0,)) -> tuple[set[str], subprocess.CompletedProcess]:
     p = subprocess.run([sys.executable, "-X", "importtime", *cmd], capture_output=True, text=True, timeout=600,
                        cwd=REPO)
     assert p.returncode in ok_codes, p.stdout + "\n".join(line for line in p.stderr.splitlines()
                                                           if not line.startswith("import time:"))[-3000:]
     return {line.split("|")[-1].strip().split(".")[0] for line in p.stderr.splitlines()
-            if line.startswith("import time:") and "self [us]" not in line}
+            if line.startswith("import time:") and "self [us]" not in line}, p
 
 
 def wan_dist_cmd(*args: str) -> list[str]:
@@ -46,12 +50,18 @@ def test_help_imports_nothing_heavy(args):
     assert imported(wan_dist_cmd(*args)) & NOTHING_HEAVY == set()
 
 
-def test_check_checkpoint_imports_the_model_libraries_only(tiny_ckpt):
+def test_check_checkpoint_imports_the_model_libraries_only_and_flushes_before_its_fast_exit(tiny_ckpt):
     """check-checkpoint builds the library modules on the meta device to know every expected tensor: torch, diffusers
-    and transformers, but no logger, plot, UI, cluster or video library."""
-    mods = imported(wan_dist_cmd("check-checkpoint", str(tiny_ckpt("tiny-t2v")), "--model", "tiny-t2v"))
+    and transformers, but no logger, plot, UI, cluster or video library. Run as the console script, which ends with
+    os._exit (process.exit_now): the report written to a pipe still arrives whole, with the command's exit code."""
+    mods, p = imported_and_output([str(WAN_DIST), "check-checkpoint", str(tiny_ckpt("tiny-t2v")), "--model",
+                                   "tiny-t2v"])
     assert {"torch", "diffusers", "transformers"} <= mods
     assert mods & (NOT_FOR_RUNS | {"av", "hydra"}) == set()
+    assert p.stdout.rstrip().endswith("OK: loadable") and p.stdout.count("\n") >= 8, p.stdout
+    p = subprocess.run([str(WAN_DIST), "check-checkpoint", str(REPO / "no-such-dir"), "--model", "tiny-t2v"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "not an existing directory" in p.stderr, p.stdout + p.stderr
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +93,6 @@ def test_status_and_report_import_no_model_library(finished_run):
     report = imported(wan_dist_cmd("report", str(out)))
     assert "matplotlib" in report and (out / "report" / "report.md").is_file()   # its plots
     assert report & ((NOTHING_HEAVY - {"matplotlib", "numpy", "PIL"}) | {"wandb"}) == set()
-
-
-def test_console_script_flushes_everything_before_its_fast_exit(tiny_ckpt, tmp_path):
-    """The console script ends with os._exit (process.exit_now): a report written to a pipe must still arrive whole,
-    with the command's own exit code."""
-    ckpt = tiny_ckpt("tiny-t2v")
-    p = subprocess.run([str(WAN_DIST), "check-checkpoint", str(ckpt), "--model", "tiny-t2v"], capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 0 and p.stdout.rstrip().endswith("OK: loadable"), p.stdout + p.stderr
-    assert p.stdout.count("\n") >= 8                        # the whole file list, not a cut buffer
-    p = subprocess.run([str(WAN_DIST), "check-checkpoint", str(ckpt), "--model", "tiny-t2v-moe"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "cannot be loaded as model tiny-t2v-moe" in p.stdout, p.stdout + p.stderr
 
 
 def test_collector_paused_freezes_what_the_block_made():

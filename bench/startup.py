@@ -18,11 +18,12 @@ and for this checkout (`now`) and, with --before DIR, an older checkout of wan-d
               wall; and the sidecar's stage times
   run_wandb   the same with logger=wandb (offline files: the demo's logger), only with --wandb
 
-Min and median over the rounds; ratios are of the minima (this machine is shared and noisy: the minimum is the
-least disturbed run). `--imports` instead runs each command once under `python -X importtime` and prints where the
-import time goes (top-level packages by self time, and the largest imports).
+Each process also gives its CPU time (user + sys, from wait4): on a shared machine it moves far less than wall time.
+Min and median over the rounds; ratios are of the minima (the minimum is the least disturbed run). `--imports`
+instead runs each command once under `python -X importtime` and prints where the import time goes (top-level
+packages by self time, and the largest imports).
 
-    .venv/bin/python bench/startup.py [--rounds 5] [--wandb] [--before DIR] [--json out.json]
+    .venv/bin/python bench/startup.py [--rounds 5] [--threads 1] [--wandb] [--before DIR] [--json out.json]
     .venv/bin/python bench/startup.py --imports [--before DIR]
 """
 from __future__ import annotations
@@ -74,29 +75,31 @@ def spawn(cmd: list[str], env: dict) -> dict:
     start = time.time_ns()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
     lines = [(time.time_ns(), line) for line in p.stderr]
-    rc = p.wait()
+    _, status, usage = os.wait4(p.pid, 0)            # the child's own CPU time: robust where wall time is not
     end = time.time_ns()
+    p.returncode = rc = os.waitstatus_to_exitcode(status)
     if rc != 0:
         tail = "".join(line for _, line in lines[-20:])
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{tail}")
-    return {"start": start, "end": end, "lines": lines}
+    return {"start": start, "end": end, "lines": lines, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def wall(cmd: list[str], env: dict) -> dict:
     r = spawn(cmd, env)
-    return {"wall_s": (r["end"] - r["start"]) / 1e9}
+    return {"wall_s": (r["end"] - r["start"]) / 1e9, "cpu_s": r["cpu_s"]}
 
 
 def imported(code: str, env: dict) -> dict:
     """A process that imports `code` and says when: start -> imported, and its wall (teardown included)."""
     r = spawn([sys.executable, "-c", f"{code}; {MARK}"], env)
     t = next(int(line.split()[1]) for _, line in r["lines"] if line.startswith("IMPORTED "))
-    return {"import_s": (t - r["start"]) / 1e9, "wall_s": (r["end"] - r["start"]) / 1e9}
+    return {"import_s": (t - r["start"]) / 1e9, "wall_s": (r["end"] - r["start"]) / 1e9, "cpu_s": r["cpu_s"]}
 
 
 def phases(r: dict, first_ns: int, last_ns: int) -> dict:
-    return {"wall_s": (r["end"] - r["start"]) / 1e9, "start_to_first_item_s": (first_ns - r["start"]) / 1e9,
-            "item_s": (last_ns - first_ns) / 1e9, "last_item_to_exit_s": (r["end"] - last_ns) / 1e9}
+    return {"wall_s": (r["end"] - r["start"]) / 1e9, "cpu_s": r["cpu_s"],
+            "start_to_first_item_s": (first_ns - r["start"]) / 1e9, "item_s": (last_ns - first_ns) / 1e9,
+            "last_item_to_exit_s": (r["end"] - last_ns) / 1e9}
 
 
 def measure_run(cmd: list[str], out: Path, env: dict) -> dict:
@@ -141,6 +144,7 @@ def ratios(s: dict, trees: list[str]) -> dict:
         for k in ("help", "check", "status", "report", "run", "run_wandb"):
             if f"now {k}" in s:
                 r[f"now / before: {k} wall"] = m(f"now {k}", "wall_s") / m(f"before {k}", "wall_s")
+                r[f"now / before: {k} cpu"] = m(f"now {k}", "cpu_s") / m(f"before {k}", "cpu_s")
         r["now / before: run start_to_first_item"] = (m("now run", "start_to_first_item_s")
                                                       / m("before run", "start_to_first_item_s"))
         r["now / before: run last_item_to_exit"] = (m("now run", "last_item_to_exit_s")
@@ -233,6 +237,7 @@ def main() -> None:
     ap.add_argument("--wandb", action="store_true", help="also time runs with logger=wandb (offline)")
     ap.add_argument("--before", type=Path, default=None,
                     help="another wan-dist checkout to measure in the same rounds (e.g. main before a change)")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every process (default: unset)")
     ap.add_argument("--imports", action="store_true", help="where the import time goes (-X importtime), once each")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None)
@@ -241,6 +246,8 @@ def main() -> None:
     from wan_dist.models.tiny import write_tiny_checkpoint
     trees = {"now": REPO, **({"before": a.before.resolve()} if a.before else {})}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    if a.threads:             # one thread: no OpenMP spinning against the other jobs of a shared machine
+        env["OMP_NUM_THREADS"] = str(a.threads)
     env.pop("WANDB_API_KEY", None)                                  # offline W&B only
     env.pop("PYTHONPATH", None)                                     # each checkout puts itself first on sys.path
     with tempfile.TemporaryDirectory(prefix="wan-dist-startup-") as d:
@@ -251,7 +258,8 @@ def main() -> None:
         res = (imports if a.imports else benchmark)(a, work, ckpt, manifest, trees, env)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
            "date": time.strftime("%Y-%m-%d %H:%M"), "model": a.model, "steps": a.steps, "frames": a.frames,
-           "size": a.size, "rounds": 1 if a.imports else a.rounds, "trees": {k: str(v) for k, v in trees.items()},
+           "size": a.size, "threads": a.threads, "rounds": 1 if a.imports else a.rounds,
+           "trees": {k: str(v) for k, v in trees.items()},
            **res}
     text = json.dumps(res, indent=2)
     print(text)

@@ -4,7 +4,7 @@
                          garbage collector paused, then what they made frozen out of later collections
     exit_now(code)       flush stdout / stderr / logging and end the process without interpreter teardown
 
-Why the collector: importing torch, diffusers and transformers makes ~400k long-lived objects (modules, classes,
+Why the collector: importing torch, diffusers and transformers makes ~660k long-lived objects (modules, classes,
 functions) and almost no garbage, but to the collector they are fresh allocations, so it runs full collections over
 the growing heap while they import, and every later full collection (EngineCache.drop, the automatic ones of a long
 batch) scans them all again. Paused, then `gc.freeze()`: they move to a permanent generation that collections skip

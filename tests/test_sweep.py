@@ -211,6 +211,12 @@ def test_engine_cache_loads_once_per_model_setting(tiny_ckpt, tmp_path, monkeypa
     assert first["timings"]["model_load"] > 0 and reused["timings"]["model_load"] == 0
     assert reused["run"]["engine"] == {"reused": True, "loads": 1, "loaded_s": first["run"]["model_load_s"]}
     assert reused["run"]["model_load_s"] == 0
+    # a speed setting fixed at load (cfg_batch picks the guidance executor) reloads; the same one again reuses
+    for name in ("batched", "batched-again"):
+        assert worker.run(compose(base + [f"out_dir={tmp_path / name}", "sample.cfg_batch=true"]), engines=cache) == 0
+    assert len(loads) == 4 and cache.loads == 4
+    assert worker.run(compose(base + [f"out_dir={tmp_path / 'plain'}"]), engines=cache) == 0
+    assert len(loads) == 5
     cache.drop()
 
 

@@ -60,28 +60,32 @@ def _run_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def _lazy(module: str) -> tuple[Callable, Callable]:
+    """(add_args, run_cli) of a subcommand's module, imported only when that subcommand is built or run: `wan-dist`
+    and the light subcommands never import what the others need (tests/test_startup.py)."""
+    def mod():
+        import importlib
+        return importlib.import_module(module)
+    return (lambda p: mod().add_args(p)), (lambda a: mod().run_cli(a))
+
+
 # name -> (help, add_args, run); other modules may register more (e.g. "report")
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "tiny-checkpoint": ("write a tiny random-weight native checkpoint", _add_tiny, _run_tiny),
     "check-checkpoint": ("validate a checkpoint directory before loading it", _add_check, _run_check),
     "download": ("fetch exactly the files a model needs from Hugging Face or ModelScope (resumable, verified), "
                  "then validate them",
-                 lambda p: __import__("wan_dist.download.cli", fromlist=["x"]).add_args(p),
-                 lambda a: __import__("wan_dist.download.cli", fromlist=["x"]).run_cli(a)),
+                 *_lazy("wan_dist.download.cli")),
     "status": ("done / failed / running / pending counts of an out_dir against its manifest (per Slurm array task "
                "when known), throughput and ETA; exit 0 only when every manifest id is done",
-               lambda p: __import__("wan_dist.batch.status", fromlist=["x"]).add_args(p),
-               lambda a: __import__("wan_dist.batch.status", fromlist=["x"]).run_cli(a)),
+               *_lazy("wan_dist.batch.status")),
     "report": ("timing tables (Markdown, CSV) and plots from a run's or sweep's sidecars into OUT_DIR/report/",
-               lambda p: __import__("wan_dist.observability.report", fromlist=["x"]).add_args(p),
-               lambda a: __import__("wan_dist.observability.report", fromlist=["x"]).run_cli(a)),
+               *_lazy("wan_dist.observability.report")),
     "decode": ("saved latents (output.save_latents=true) back into an mp4, with the checkpoint's VAE",
-               lambda p: __import__("wan_dist.batch.redecode", fromlist=["x"]).add_args(p),
-               lambda a: __import__("wan_dist.batch.redecode", fromlist=["x"]).run_cli(a)),
+               *_lazy("wan_dist.batch.redecode")),
     "compare": ("what each setting of a sweep costs and changes against the baseline (forwards and time saved, "
                 "PSNR/SSIM of the frames, latent distance) into SWEEP_DIR/compare/",
-                lambda p: __import__("wan_dist.analysis.compare", fromlist=["x"]).add_args(p),
-                lambda a: __import__("wan_dist.analysis.compare", fromlist=["x"]).run_cli(a)),
+                *_lazy("wan_dist.analysis.compare")),
 }
 
 

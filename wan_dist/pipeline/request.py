@@ -58,6 +58,14 @@ def _pick(row: dict, key: str, *fallbacks):
     return None
 
 
+def _checked(row: dict, key: str, cfg: RunConfig, cast):
+    """_value cast to its type and checked against its rule (config.VALUE_RULES), the message naming its field."""
+    value, field = _value(row, key, cfg)
+    value = cast(value)
+    check_value(key, value, field)
+    return value
+
+
 def _value(row: dict, key: str, cfg: RunConfig):
     """(value, the field it came from): the manifest column, else sample.<key>, else model.<key> (the task's
     native default). Messages name the field the user can change."""
@@ -117,18 +125,10 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
     frames, warn = _frames_rule(spec.name, frames_req, f_frames)
     if warn:
         warnings.append(warn)
-    steps, f_steps = _value(row, "steps", cfg)
-    steps = int(steps)
-    check_value("steps", steps, f_steps)
-    shift, f_shift = _value(row, "shift", cfg)
-    shift = float(shift)
-    check_value("shift", shift, f_shift)
-    solver, f_solver = _value(row, "solver", cfg)
-    solver = str(solver)
-    check_value("solver", solver, f_solver)
-    g_low, f_g = _value(row, "guide_scale", cfg)
-    g_low = float(g_low)
-    check_value("guide_scale", g_low, f_g)
+    steps = _checked(row, "steps", cfg, int)
+    shift = _checked(row, "shift", cfg, float)
+    solver = _checked(row, "solver", cfg, str)
+    g_low = _checked(row, "guide_scale", cfg, float)
     g_high, f_gh = _value(row, "guide_scale_high", cfg)
     if not spec.is_moe and row.get("guide_scale_high") not in (None, ""):
         raise ValueError(f"guide_scale_high={row['guide_scale_high']}: {spec.name} has a single expert; "
@@ -138,9 +138,7 @@ def build_request(cfg: RunConfig, spec: ModelSpec, row: dict, item_id: str, *,
     trunc_low, f_tl = _value(row, "cfg_truncate_steps", cfg)
     trunc_high, f_th = _value(row, "cfg_truncate_high_noise_steps", cfg)
     trunc_low, trunc_high = int(trunc_low), int(trunc_high)
-    keep, f_keep = _value(row, "cfg_truncate_keep", cfg)
-    keep = str(keep)
-    check_value("cfg_truncate_keep", keep, f_keep)
+    keep = _checked(row, "cfg_truncate_keep", cfg, str)
     n_low, n_high = _expert_steps(solver, steps, shift, m.boundary)
     if not 0 <= trunc_low <= n_low:
         raise ValueError(f"{f_tl}={trunc_low}: must be between 0 and {n_low}, the steps the "

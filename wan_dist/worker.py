@@ -9,9 +9,10 @@ writes config.yaml and results.jsonl and holds the one metrics logger, and the p
 
 Order matters (DESIGN §4-5): the config, the parallel layout, every manifest row and the checkpoint files are all
 validated before any model weight is read, and a user error (ValueError naming field, value and rule) ends the run
-with ExitCode.USAGE and nothing written. Then: models loaded once (sharded while loading when FSDP asks for it;
-reused from the EngineCache when an earlier run of this process loaded the same ones), parallelized, the generator
-built, the batch runner run over the work source's rows, the outcome agreed by every rank.
+with ExitCode.USAGE and nothing written. A run none of whose rows is to be made (all made already: a rerun, a
+requeued array task) loads no models and only counts them (idle_run). Otherwise: models loaded once (sharded while
+loading when FSDP asks for it; reused from the EngineCache when an earlier run of this process loaded the same ones),
+parallelized, the generator built, the batch runner run over the work source's rows, the outcome agreed by every rank.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .batch import settings as settings_mod
 from .batch.manifest import load_items, single_prompt_items
 from .batch.outputs import OutputDir, OutputsUnwritable
 from .batch.preempt import StopFlag
-from .batch.runner import BatchRunner, Summary
+from .batch.runner import BatchRunner, Summary, nothing_to_make
 from .batch.work import WorkSource, make_source, writer_tags
 from .distributed.context import RunContext, env_world
 from .distributed.layout import check_items, check_layout
@@ -358,7 +359,9 @@ def _run(cfg, ctx, work, stop, layout, engines: EngineCache, job: JobPart | None
 def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, engines: EngineCache,
                extra_layout: dict, cache_base=None) -> tuple[float, Summary]:
     """Load (or reuse) the models, run the batch over the work source: (this run's model load seconds, the run's
-    total Summary, which every rank agrees on)."""
+    total Summary, which every rank agrees on). A run with nothing to make loads nothing (see idle_run)."""
+    if idle_run(cfg, ctx, work, items, out):
+        return 0.0, _skip_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, extra_layout)
     engine, reused = engines.get(cfg, ctx, items, cache_base)
     model_load_s = 0.0 if reused else engine.model_load_s     # this run's load (charged to its first video)
     compile_s = 0.0 if reused else engine.compile_s           # likewise the compile stage
@@ -384,6 +387,35 @@ def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, eng
     ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
     total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
     return model_load_s, total
+
+
+def idle_run(cfg, ctx, work, items, out: OutputDir) -> bool:
+    """True when no row of this run is to be made: every row any of its replicas may take is already made with these
+    settings, failed before (batch.retry_failed off) or made with other settings that batch.on_change keeps or
+    refuses. Then the models are not loaded: a finished batch rerun, a requeued Slurm array task whose share is done,
+    or an array task with an empty share ends in seconds. Decided once on the main rank for the whole run (the
+    models load collectively); the runner still decides each row as it comes."""
+    share = getattr(work, "run_share", None)
+    if share is None:
+        return False
+    return bool(ctx.share_from_main(lambda: nothing_to_make(out, share(items, ctx), retry_failed=cfg.batch.retry_failed,
+                                                            on_change=cfg.batch.on_change)))
+
+
+def _skip_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, extra_layout: dict) -> Summary:
+    """The batch loop with no models: each row is skipped (and counted) as the runner decides it."""
+    spec = get_model(cfg.model.name)
+    if ctx.is_main:
+        log.info("nothing to make: the %d row(s) of this run are already made (or settled) in %s; models not loaded",
+                 len(work.run_share(items, ctx)), out.root)
+    runner = BatchRunner(cfg=cfg, spec=spec, generator=None, out=out, ctx=ctx, work=work, model_load_s=0.0,
+                         run_info={"run_id": run_id, "model_load_s": 0.0, "engine": {"reused": False, "loaded": False}},
+                         layout={**ctx.describe(), **extra_layout}, sink=sink,
+                         progress=Progress(enabled=cfg.batch.progress and ctx.is_main), stop=stop,
+                         run_settings=run_settings)
+    summary = runner.run(items)
+    ctx.wait_all_done()
+    return Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
 
 
 def _run_part(cfg, ctx, work, stop, items, run_settings, out, engines: EngineCache, job: JobPart,

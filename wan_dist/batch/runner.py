@@ -10,7 +10,9 @@ Ids another writer holds are revisited after the replica's own candidates until 
 them) or claimable: a run that ends with exit 0 leaves its whole share complete. An id the runner would skip (done,
 or failed before) whose recorded settings hash is not this run's is never skipped silently: batch.on_change redo runs
 it again, keep skips it and counts it, stop (the worker already refused ids known before the run) leaves it and counts
-it as a conflict (exit 2).
+it as a conflict (exit 2). With no generator (worker: the run found `nothing_to_make` when it began, so it loaded no
+models) every row is decided as usual; one that has to be made after all (out_dir changed meanwhile) stops the run
+with exit 75, and a rerun makes it.
 
 TEST HOOKS (environment variables, read per item; never set them in production):
   WAN_DIST_TEST_INJECT_NAN=<id>[,<id>...]   the generator makes that item's latents NaN after denoising
@@ -160,7 +162,32 @@ def _test_hook_kill(item_id: str, stage: str, redo: bool = False) -> None:
 
 
 RUN, COMPLETE, FAILED_BEFORE, HELD = "run", "complete", "failed-before", "held"
-KEPT, CONFLICT, ABORT = "kept", "conflict", "abort"
+KEPT, CONFLICT, ABORT, CHANGED = "kept", "conflict", "abort", "changed"
+SKIPPED = (COMPLETE, FAILED_BEFORE, KEPT, CONFLICT)     # what the ledger rule never runs
+
+
+def ledger_rule(complete: bool, rec: dict | None, it: Item, *, retry_failed: bool, on_change: str) -> str:
+    """What out_dir's record of one row means for this run (claims aside): COMPLETE, FAILED_BEFORE (and
+    batch.retry_failed is off), KEPT / CONFLICT (made or failed before with other settings, batch.on_change keep /
+    stop), CHANGED (likewise, on_change=redo: made again) or RUN. `complete`: out.is_complete(id, rec)."""
+    skip = complete or (rec is not None and rec.get("status") == "failed" and not retry_failed)
+    if skip and differs(rec, it):   # made (or failed) with other settings: never skipped silently
+        return {"redo": CHANGED, "keep": KEPT}.get(on_change, CONFLICT)
+    if complete:
+        return COMPLETE
+    return FAILED_BEFORE if skip else RUN
+
+
+def nothing_to_make(out: OutputDir, items: list[Item], *, retry_failed: bool, on_change: str) -> bool:
+    """Every one of `items` would be skipped by the ledger rule (none of them is made): the models need not be
+    loaded. Stops at the first row to make, so a run with work costs one check; an empty list is nothing to make."""
+    latest = out.ledger.latest()
+    for it in items:
+        rec = latest.get(it.request.id)
+        if ledger_rule(out.is_complete(it.request.id, rec), rec, it, retry_failed=retry_failed,
+                       on_change=on_change) not in SKIPPED:
+            return False
+    return True
 
 
 class BatchRunner:
@@ -218,21 +245,17 @@ class BatchRunner:
         rec = latest.get(item_id)
         if (rec is None or rec.get("status") != "ok") and os.path.lexists(self.out.path_for(item_id, ".json")):
             rec = self.out.ledger.latest(refresh=True).get(item_id)   # finished by another writer since we looked
-        complete = self.out.is_complete(item_id, rec)
-        skip = complete or (rec is not None and rec.get("status") == "failed" and not retry_failed)
-        if skip and differs(rec, it):   # made (or failed) with other settings: never skipped silently
+        what = ledger_rule(self.out.is_complete(item_id, rec), rec, it, retry_failed=retry_failed,
+                           on_change=self.cfg.batch.on_change)
+        if what in (CHANGED, KEPT, CONFLICT):
             change = describe_change(self.out, it, rec, self.run_settings)
-            note = f"{', '.join(change.fields)} (made by {change.writer})"
-            if self.cfg.batch.on_change == "redo":
+            if what == CHANGED:
                 return RUN, "changed:" + ",".join(change.fields)
             self.out.claims.release(item_id)
-            return (KEPT if self.cfg.batch.on_change == "keep" else CONFLICT), note
-        if complete:
+            return what, f"{', '.join(change.fields)} (made by {change.writer})"
+        if what in (COMPLETE, FAILED_BEFORE):
             self.out.claims.release(item_id)
-            return COMPLETE, ""
-        if rec is not None and rec.get("status") == "failed" and not retry_failed:
-            self.out.claims.release(item_id)
-            return FAILED_BEFORE, ""
+            return what, ""
         if rec is None or rec.get("status") != "failed":
             if rec is not None or self.out.has_leftovers(item_id):
                 return RUN, "redo"
@@ -242,7 +265,7 @@ class BatchRunner:
     def run(self, items: list[Item]) -> Summary:
         summary = Summary()
         self.work.start(items, self.ctx)
-        inner_on_step = self.gen.on_step
+        inner_on_step = self.gen.on_step if self.gen is not None else None
 
         def on_step(i: int, total: int) -> None:
             if inner_on_step is not None:
@@ -251,7 +274,8 @@ class BatchRunner:
             if self.stop_between_steps and i + 1 < total and self._stopping():
                 raise Preempted(f"stop requested at denoise step {i + 1}/{total}")
 
-        self.gen.on_step = on_step
+        if self.gen is not None:
+            self.gen.on_step = on_step
         n_cand = (self.work.describe() or {}).get("candidates")
         held: list[Item] = []
         try:
@@ -276,7 +300,8 @@ class BatchRunner:
                     n += 1
                 held = self._revisit(held, summary)
         finally:
-            self.gen.on_step = inner_on_step
+            if self.gen is not None:
+                self.gen.on_step = inner_on_step
         summary.held = len(held)
         while self.work.next() is not None:          # candidates never reached because of a stop
             summary.left += 1
@@ -338,6 +363,14 @@ class BatchRunner:
             summary.aborted = summary.aborted or note
             self.ctx.announce_stop(f"outputs unwritable on replica {self.ctx.dp_rank}")
             log.error("%s", note)
+            self.work.done(it, "stopped")
+            return "stopped"
+        if self.gen is None:   # the run found nothing to make when it began (no models loaded); out_dir changed since
+            log.warning("item %s is to be made now, but this run found nothing to make when it began and loaded no "
+                        "models; it stops here (exit 75) and a rerun makes it", item_id)
+            if self.ctx.is_writer:
+                self.out.claims.release(item_id)
+            summary.preempted = summary.preempted or f"{item_id} changed in out_dir during a run that loaded no models"
             self.work.done(it, "stopped")
             return "stopped"
         self._redo = note == "redo"

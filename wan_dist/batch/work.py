@@ -34,6 +34,9 @@ class WorkSource(Protocol):
 
     def describe(self) -> dict: ...
 
+    # optional: run_share(items, ctx) -> the rows any replica of the run may take. With it, a run none of whose rows
+    # is to be made loads no models (worker.nothing_to_make); a source without it (a Ray gang's part) always loads.
+
 
 class _ListSource:
     """A fixed, ordered list of candidates per replica."""
@@ -64,6 +67,10 @@ class _ListSource:
     def describe(self) -> dict:
         return {"source": self.name, "candidates": len(self._todo)}
 
+    def run_share(self, items: list[Item], ctx) -> list[Item]:
+        """The rows any replica of this run may take (every replica's `select` together)."""
+        return items
+
 
 class StaticShare(_ListSource):
     name = "static"
@@ -85,6 +92,9 @@ class ArrayShare(_ListSource):
         n = self.tasks * ctx.dp_size
         g = self.task * ctx.dp_size + ctx.dp_rank
         return [it for it in items if it.index % n == g]   # array_task_of(i) == task, replica dp_rank
+
+    def run_share(self, items, ctx):
+        return [it for it in items if array_task_of(it.index, self.tasks, ctx.dp_size) == self.task]
 
     def describe(self) -> dict:
         return {**super().describe(), "array_task": self.task, "array_tasks": self.tasks}

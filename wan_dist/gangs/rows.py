@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import shutil
 
-from ..batch.changes import differs
 from ..batch.claims import Claims
 from ..batch.outputs import OutputDir
+from ..batch.runner import COMPLETE, FAILED_BEFORE, KEPT, ledger_rule
 
 
 def queue_rows(items, out: OutputDir, retry_failed: bool, on_change: str) -> tuple[list[tuple[int, str]], int, int]:
@@ -16,12 +16,13 @@ def queue_rows(items, out: OutputDir, retry_failed: bool, on_change: str) -> tup
     rows, complete, failed = [], 0, 0
     for it in items:
         rec = latest.get(it.request.id)
-        changed = differs(rec, it) and on_change != "keep"
-        if out.is_complete(it.request.id, rec) and not changed:
+        what = ledger_rule(out.is_complete(it.request.id, rec), rec, it, retry_failed=retry_failed,
+                           on_change=on_change)
+        if what == COMPLETE or (what == KEPT and rec["status"] == "ok"):
             complete += 1
-        elif rec is not None and rec.get("status") == "failed" and not retry_failed and not changed:
+        elif what in (FAILED_BEFORE, KEPT):
             failed += 1
-        else:
+        else:                   # RUN; CHANGED (redo) and CONFLICT (stop): the gang's runner applies batch.on_change
             rows.append((it.index, it.request.id))
     return rows, complete, failed
 

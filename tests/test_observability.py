@@ -255,6 +255,34 @@ def test_wandb_failures_are_warnings(tmp_path, monkeypatch, caplog):
     w.log_summary({}), w.close()
 
 
+def test_wandb_starts_while_the_run_goes_on(tmp_path, monkeypatch):
+    """The W&B start (import + wandb.init, which waits for W&B's service process) runs beside the model load: the
+    constructor and log_config return while wandb.init is still held back; the first call that needs the run waits,
+    and the config logged meanwhile reaches the (real, offline) run."""
+    import threading
+
+    import wandb
+
+    from wan_dist.observability.wandb_sink import WandbSink, read_offline_records
+    gate, real = threading.Event(), wandb.init
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: gate.wait(120) and real(*a, **k))
+    built = {}
+    t = threading.Thread(target=lambda: built.setdefault("sink", WandbSink(_cfg(tmp_path), tmp_path)), daemon=True)
+    t.start()
+    t.join(60)
+    assert "sink" in built, "the constructor waited for wandb.init"
+    sink = built["sink"]
+    sink.log_config({"model": "tiny-t2v", "api_key": "secret"})   # held, not waited for
+    assert sink.run is None and sink._starting.is_alive()
+    gate.set()
+    assert sink.active and sink.run is not None
+    sink.close()
+    (wfile,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    update = {i.key: i.value_json for r in read_offline_records(wfile) if r.WhichOneof("record_type") == "config"
+              for i in r.config.update}
+    assert json.loads(update["model"]) == "tiny-t2v" and "secret" not in update["api_key"]
+
+
 def test_wandb_table_rows_are_capped_and_the_drop_counted(tmp_path, monkeypatch, caplog):
     """A long batch: the rows held for the end-of-run Tables stop at the caps; the series still get every step and
     the summary says how many table rows were left out."""

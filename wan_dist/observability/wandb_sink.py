@@ -11,11 +11,15 @@
   summary (`wandb/videos_rows_dropped`, `wandb/per_step_rows_dropped`), and the `video/*` and `step/*` series keep
   every video and step.
 - Any W&B failure (import, init, log, finish) is logged as a warning and turns the sink off: never a failed batch.
+- Start-up: the import and wandb.init run in a thread started by the constructor, so W&B's service start overlaps
+  the model load; the first call that needs the run (a video, the summary, close) waits for it. The config is held
+  until then (docs/BENCHMARKS.md "Start-up and teardown").
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from .redact import redact
@@ -43,6 +47,10 @@ def _cell(v):
 
 
 class WandbSink:
+    _starting: threading.Thread | None = None      # the start thread, until _ready has waited for it
+    _config: dict | None = None                    # log_config's, held while starting
+    _error: BaseException | None = None            # the start's failure
+
     def __init__(self, cfg, out_dir):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -53,7 +61,13 @@ class WandbSink:
         self.dropped = {"videos": 0, "per_step": 0}
         self.n_videos = 0
         self.global_step = 0
-        lc = cfg.logger
+        # W&B's import and wandb.init (which starts its service process and waits for it) run in a thread while this
+        # process goes on to load the models; the first call that needs the run waits for it (_ready)
+        self._starting: threading.Thread | None = threading.Thread(target=self._start, name="wandb-init", daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
+        lc = self.cfg.logger
         try:
             import wandb
             self.wandb = wandb
@@ -63,7 +77,7 @@ class WandbSink:
             if lc.mode == "offline" and not _USER_DATA_DIR:
                 os.environ["WANDB_DATA_DIR"] = str((wdir / "data").resolve())
             settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False,
-                                      x_disable_stats=True)
+                                      x_disable_stats=True)     # console="off": no SIGWINCH handler (a thread here)
             self.run = wandb.init(project=lc.project, group=lc.group, name=lc.name or self.out_dir.resolve().name,
                                   tags=list(lc.tags or ()), mode=lc.mode, dir=str(self.out_dir), job_type="inference",
                                   reinit="create_new", settings=settings)
@@ -73,11 +87,22 @@ class WandbSink:
             self.run.define_metric("video/*", step_metric="video/index")
             log.info("W&B run %s (%s) in %s", self.run.name, lc.mode, wdir)
         except Exception as e:  # noqa: BLE001 - observability never fails a batch
-            self._fail("init", e)
+            self._error = e
+
+    def _ready(self) -> bool:
+        """Wait for the start (once); then the run, or its failure turned into a warning, and the held config."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            if self._error is not None:
+                self._fail("init", self._error)
+            elif self._config is not None:
+                self.log_config(self._config)
+        return self.run is not None
 
     @property
     def active(self) -> bool:
-        return self.run is not None
+        return self._ready()
 
     def _fail(self, what: str, e: BaseException) -> None:
         log.warning("W&B %s failed (%s: %s); continuing without W&B", what, type(e).__name__, e)
@@ -89,6 +114,9 @@ class WandbSink:
                 pass
 
     def log_config(self, config: dict) -> None:
+        if self._starting is not None:      # still starting: applied by _ready (this must not wait for W&B)
+            self._config = config
+            return
         if not self.active:
             return
         try:

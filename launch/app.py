@@ -11,7 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from wan_dist.ui.main import main  # noqa: E402
+from wan_dist.process import collector_paused  # noqa: E402
+
+with collector_paused():   # torch and the app's own imports: start-up, with the GC paused (wan_dist/process.py)
+    from wan_dist.ui.main import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -30,7 +30,7 @@ ALLOWED = {
     "worker": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "exit_codes"},
     "entry": {"config", "outcome", "exit_codes", "worker", "batch", "process"},
     "gangs": {"files", "models", "config", "observability", "pipeline", "distributed", "batch", "worker",
-              "exit_codes"},
+              "exit_codes", "process"},
     "supervise": {"outcome", "exit_codes"},
     "slurm": {"supervise", "outcome", "exit_codes", "config", "batch"},
     "download": {"models", "observability", "files", "exit_codes"},

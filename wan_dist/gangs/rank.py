@@ -38,7 +38,10 @@ class Rank:
 
     def run(self, cfg, part: dict, dispenser) -> int:
         """The gang's share of the job; every rank of the gang calls it. Returns this rank's exit code."""
-        from .. import worker
+        from ..process import collector_paused
+        with collector_paused():   # torch, diffusers, transformers: the actor's start-up (wan_dist/process.py)
+            from .. import worker
+            worker.import_libraries()
         from ..distributed.layout import check_layout
         from ..distributed.mesh import StoreInit, join_store, open_context
         from ..models.device import resolve_device

@@ -17,6 +17,7 @@ and for this checkout (`now`) and, with --before DIR, an older checkout of wan-d
               progress line on stderr), the item (-> its ledger record, wall clock t_ns), last item -> process exit,
               wall; and the sidecar's stage times
   run_wandb   the same with logger=wandb (offline files: the demo's logger), only with --wandb
+  rerun       `launch/run.py` again over a finished run's out_dir (nothing to make: every row is skipped), wall
 
 Each process also gives its CPU time (user + sys, from wait4): on a shared machine it moves far less than wall time.
 Min and median over the rounds; ratios are of the minima (the minimum is the least disturbed run). `--imports`
@@ -141,7 +142,7 @@ def ratios(s: dict, trees: list[str]) -> dict:
         if f"{t} run_wandb" in s:
             r[f"{t}: run_wandb wall / floor wall"] = m(f"{t} run_wandb", "wall_s") / m("floor", "wall_s")
     if len(trees) == 2:
-        for k in ("help", "check", "status", "report", "run", "run_wandb"):
+        for k in ("help", "check", "status", "report", "run", "rerun", "run_wandb"):
             if f"now {k}" in s:
                 r[f"now / before: {k} wall"] = m(f"now {k}", "wall_s") / m(f"before {k}", "wall_s")
                 r[f"now / before: {k} cpu"] = m(f"now {k}", "cpu_s") / m(f"before {k}", "cpu_s")
@@ -176,7 +177,8 @@ def benchmark(a, work: Path, ckpt: Path, manifest: Path, trees: dict[str, Path],
                                                           env),
                      f"{name} status": lambda t=tree, r=ref: wall(cli(t, "status", str(r)), env),
                      f"{name} report": lambda t=tree, r=ref: wall(cli(t, "report", str(r)), env),
-                     f"{name} run": lambda t=tree: one_run(t, "none")})
+                     f"{name} run": lambda t=tree: one_run(t, "none"),
+                     f"{name} rerun": lambda t=tree, r=ref: wall(run_cmd(t, ckpt, manifest, r, a), env)})
         if a.wandb:
             jobs[f"{name} run_wandb"] = lambda t=tree: one_run(t, "wandb")
     names = list(jobs)
@@ -192,6 +194,19 @@ def benchmark(a, work: Path, ckpt: Path, manifest: Path, trees: dict[str, Path],
 
 
 # -- where the import time goes ---------------------------------------------------------------------------------
+# named groups of modules, self time summed (a module counts in the first group that matches)
+ZOO = ("diffusers.models.transformers.", "diffusers.models.autoencoders.", "diffusers.models.unets.",
+       "diffusers.models.controlnets.")
+GROUPS = {
+    "diffusers' model zoo (model modules a Wan run does not use)":
+        lambda n: n.startswith(ZOO) and "_wan" not in n and not n.endswith((".transformers", ".autoencoders")),
+    "torch._dynamo / fx / export / _inductor / sympy / mpmath (pulled in by diffusers)":
+        lambda n: n.startswith(("torch._dynamo", "torch.fx", "torch.export", "torch._inductor", "torch._functorch",
+                                "torch.utils._sympy", "sympy", "mpmath")),
+    "transformers (package init + models index)": lambda n: n.split(".")[0] == "transformers",
+}
+
+
 def import_profile(lines: list[str], top: int) -> dict:
     rows = []
     for line in lines:
@@ -203,7 +218,13 @@ def import_profile(lines: list[str], top: int) -> dict:
         by_pkg[name.strip().split(".")[0]] += self_us
     total = sum(r[0] for r in rows)
     roots = sorted((r for r in rows if not r[2].startswith("  ")), key=lambda r: -r[1])[:top]   # imported at top
+    groups = collections.Counter()
+    for self_us, _, name in rows:
+        g = next((g for g, match in GROUPS.items() if match(name.strip())), None)
+        if g:
+            groups[g] += self_us
     return {"total_self_s": round(total / 1e6, 3),
+            "groups_self_s": {g: round(groups[g] / 1e6, 3) for g in GROUPS},
             "packages_by_self_s": [(p, round(us / 1e6, 3)) for p, us in by_pkg.most_common(top)],
             "top_level_imports_cumulative_s": [(name.strip(), round(cum / 1e6, 3)) for _, cum, name in roots]}
 

@@ -206,6 +206,40 @@ def test_damaged_files_are_detected_and_refetched(hf, hub_files, needed, tmp_pat
     assert "OK: loadable" in out and TOKEN not in out + err
 
 
+def test_verified_files_are_not_hashed_again_until_they_change(hf, hub_files, needed, tmp_path, capsys, monkeypatch):
+    """A rerun over an intact DIR reads no file: each was verified (while fetched) and is unchanged (size, mtime,
+    ctime, inode). A file rewritten with the same size and its old mtime put back still has a new ctime: hashed,
+    found damaged, fetched again. --rehash hashes everything."""
+    from wan_dist.download import run as run_mod
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    dest = tmp_path / "ckpt"
+    assert _download(hf, dest, capsys)[0] == 0
+    hashed, real = [], run_mod.check_local
+    monkeypatch.setattr(run_mod, "check_local", lambda root, rf, hashes, on_bytes=None:
+                        hashed.append(rf.path) or real(root, rf, hashes, on_bytes))
+    code, out, _ = _download(hf, dest, capsys)
+    assert code == 0 and hashed == [], out
+    assert f"{len(needed)} of {len(needed)} needed files already in" in out
+    assert f"{len(needed)} unchanged since their hash was verified, not read again" in out
+
+    st = os.stat(dest / SHARD)
+    flipped = bytearray(hub_files[SHARD])
+    flipped[len(flipped) // 2] ^= 0xFF
+    (dest / SHARD).write_bytes(bytes(flipped))
+    os.utime(dest / SHARD, ns=(st.st_atime_ns, st.st_mtime_ns))     # same size, same mtime
+    before = hf.file_gets()
+    code, out, _ = _download(hf, dest, capsys)
+    assert code == 0 and hashed == [SHARD] and f"damaged: {SHARD}: sha256" in out
+    assert hf.file_gets()[SHARD] == before[SHARD] + 1 and (dest / SHARD).read_bytes() == hub_files[SHARD]
+
+    hashed.clear()
+    code, out, _ = _download(hf, dest, capsys, rehash=True)
+    assert code == 0 and "not read again" not in out
+    assert set(hashed) == needed                         # the DiT index files twice (they are checked first)
+    assert cli.main(["download", MODEL, str(dest), "--sizes-only", "--rehash"]) == 2   # contradictory
+    capsys.readouterr()
+
+
 def test_file_missing_on_hub_is_named_and_nothing_else_fetched(hf, tmp_path, capsys):
     missing = "low_noise_model/diffusion_pytorch_model-00002-of-00002.safetensors"
     hf.unlisted |= {missing, T5}

@@ -10,8 +10,10 @@ files: exactly what the model's registry entry needs: per DiT folder (the root, 
   Then the checkpoint is validated as by `wan-dist check-checkpoint DIR --model MODEL`.
 
 rerun: the same command verifies what DIR holds (sizes, and sha256 / git blob hashes from the hub's listing) and
-  fetches only missing or damaged files; an interrupted file (Ctrl-C, SIGTERM, a killed job, a dropped connection)
-  resumes from its partial file in DIR/.cache/ with a Range request. A free-space check runs before any download.
+  fetches only missing or damaged files; a file whose hash was verified before (in DIR or while it was fetched) and
+  that has not changed since (size, mtime, ctime, inode) is not read again (--rehash reads it); an interrupted file
+  (Ctrl-C, SIGTERM, a killed job, a dropped connection) resumes from its partial file in DIR/.cache/ with a Range
+  request. A free-space check runs before any download.
 
 environment:
   HF_TOKEN              Hugging Face token (private or gated repos); sent to the hub, never printed or written
@@ -48,8 +50,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "on ModelScope); on Hugging Face a branch is pinned to its commit for the whole run")
     p.add_argument("--workers", type=int, default=8, metavar="N", help="files transferred (and hashed) in "
                    "parallel (default: 8)")
-    p.add_argument("--sizes-only", action="store_true", help="check files already in DIR by size only, skipping "
-                   "their hashes (fast on a slow filesystem, but misses corruption that keeps the size)")
+    check = p.add_mutually_exclusive_group()
+    check.add_argument("--sizes-only", action="store_true", help="check files already in DIR by size only, "
+                       "skipping their hashes (fast on a slow filesystem, but misses corruption that keeps the size)")
+    check.add_argument("--rehash", action="store_true", help="hash every file already in DIR again, even those "
+                       "verified before and unchanged since (DIR/.cache/wan-dist/verified.json): after a disk fault")
     p.add_argument("--dry-run", action="store_true", help="verify DIR and report what would be fetched and the free "
                    "space, without downloading (only the small DiT index files are fetched: they name the shards)")
 
@@ -57,4 +62,4 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run_cli(args) -> int:
     from wan_dist.download.run import download
     return download(args.model, args.dir, source=args.source, repo=args.repo, revision=args.revision,
-                    workers=args.workers, hashes=not args.sizes_only, dry_run=args.dry_run)
+                    workers=args.workers, hashes=not args.sizes_only, rehash=args.rehash, dry_run=args.dry_run)

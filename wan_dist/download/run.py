@@ -6,7 +6,8 @@ Every run does the same steps, so a rerun fetches only what is missing or damage
  2. bring the DiT index file(s) up to date: they name the shards;
  3. derive the needed files from the registry (plan.needed_files) and stop, naming them, when the hub lacks any
     that DIR does not already hold;
- 4. check what DIR holds against the listing: size, then content hash;
+ 4. check what DIR holds against the listing: size, then content hash (not read again when verified.py remembers
+    the file verified and unchanged since);
  5. check the free space for what is missing (partial files already there count as fetched), then fetch;
  6. run check-checkpoint's validation and print its report.
 """
@@ -22,28 +23,37 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from wan_dist.download.plan import (INCOMPLETE, INTERRUPTED, IOERR, OK, USAGE, Cancelled, DownloadError, Listing,
                                     check_free_space, check_local, free_space, human, index_paths, needed_files,
                                     remove_file, shards_from_index)
 from wan_dist.download.progress import Console
+from wan_dist.download.verified import Verified
 
 SOURCES = ("huggingface", "modelscope")
 REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 STATE_DIR = ".cache/wan-dist"
+class Check(NamedTuple):
+    hashes: bool = True      # False: --sizes-only
+    rehash: bool = False     # True: --rehash (hash every file, whatever verified.json remembers)
+
+
 LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def download(model: str, dest, *, source: str = "huggingface", repo: str | None = None,
-             revision: str | None = None, workers: int = 8, hashes: bool = True, dry_run: bool = False,
+             revision: str | None = None, workers: int = 8, hashes: bool = True, rehash: bool = False,
+             dry_run: bool = False,
              endpoint: str | None = None, bars: bool | None = None) -> int:
     """Run the download; returns the exit code (0 complete and valid, 1 incomplete, 2 usage, 74 I/O, 130 stopped)."""
     con = Console(sys.stderr.isatty() if bars is None else bars)
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
-        return _download(con, model, Path(dest), source, repo, revision, workers, hashes, dry_run, endpoint)
+        return _download(con, model, Path(dest), source, repo, revision, workers, Check(hashes, rehash), dry_run,
+                         endpoint)
     except DownloadError as e:
         con.error(str(e))
         return e.code
@@ -65,7 +75,7 @@ def _interrupt(signum, frame):  # SIGTERM (Slurm, kill) stops like Ctrl-C: parti
     raise KeyboardInterrupt
 
 
-def _download(con, model, root, source, repo, revision, workers, hashes, dry_run, endpoint) -> int:
+def _download(con, model, root, source, repo, revision, workers, check: Check, dry_run, endpoint) -> int:
     from wan_dist.models.registry import get_model
     try:
         spec = get_model(model)
@@ -100,7 +110,7 @@ def _download(con, model, root, source, repo, revision, workers, hashes, dry_run
         con.say(f"{spec.name}: {repo} @ {listing.revision}{pinned}, from {src.describe()}")
 
         indexes = [listing.files[p] for p in index_paths(spec) if p in listing.files]
-        _sync(con, src, root, listing, indexes, workers, hashes, dry_run=False, quiet=True)
+        _sync(con, src, root, listing, indexes, workers, check, dry_run=False, quiet=True)
         shards = {rf.path: shards_from_index(root / rf.path, rf.path) for rf in indexes}
         paths, lacking = needed_files(spec, listing, shards)
         absent = [(p, why) for p, why in lacking if not (root / p).exists()]
@@ -114,7 +124,7 @@ def _download(con, model, root, source, repo, revision, workers, hashes, dry_run
             con.say(f"note: the hub lacks {p} ({why}); keeping the copy in DIR")
         files = [listing.files[p] for p in paths]
         src.drop_stale_partials(root, files)
-        _sync(con, src, root, listing, files, workers, hashes, dry_run)
+        _sync(con, src, root, listing, files, workers, check, dry_run)
         if dry_run:
             return OK
         _write_provenance(root, spec.name, src, listing, files)
@@ -128,9 +138,10 @@ def _download(con, model, root, source, repo, revision, workers, hashes, dry_run
     return OK
 
 
-def _sync(con, src, root: Path, listing: Listing, files, workers, hashes, dry_run, quiet=False) -> None:
+def _sync(con, src, root: Path, listing: Listing, files, workers, check: Check, dry_run, quiet=False) -> None:
     """Make root hold `files` exactly as listed: verify, check space, fetch the rest (unless dry_run)."""
-    status = _verify(con, root, files, workers, hashes)
+    memo = Verified(root / STATE_DIR) if check.hashes else None
+    status, remembered = _verify(con, root, files, workers, check, memo)
     odd = [rf.path for rf in files if status[rf.path] == "not a regular file"]
     if odd:  # a directory where a file belongs: not ours to delete
         raise DownloadError(f"{root / odd[0]}: not a regular file, but model files go there; move it away and rerun",
@@ -143,7 +154,9 @@ def _sync(con, src, root: Path, listing: Listing, files, workers, hashes, dry_ru
     need = sum(rf.size - resumed[rf.path] for rf in todo)
     if not quiet or todo:
         con.say(f"{len(files) - len(todo)} of {len(files)} needed files already in {root} and intact"
-                + (f" ({'sizes' if not hashes else 'sizes and hashes'} checked)" if files else "")
+                + (f" ({'sizes' if not check.hashes else 'sizes and hashes'} checked"
+                   + (f"; {remembered} unchanged since their hash was verified, not read again (--rehash reads "
+                      f"them)" if remembered else "") + ")" if files else "")
                 + (f"; to fetch: {len(todo)} files, {human(need)}"
                    + (f" (+{human(sum(resumed.values()))} already in partial files)" if any(resumed.values()) else "")
                    if todo else ""))
@@ -155,7 +168,7 @@ def _sync(con, src, root: Path, listing: Listing, files, workers, hashes, dry_ru
         return
     for rf in damaged:
         remove_file(root / rf.path)
-    failures = _fetch_all(con, src, root, listing, todo, workers, resumed)
+    failures = _fetch_all(con, src, root, listing, todo, workers, resumed, memo)
     if failures:
         local = [rf for rf, e in failures if isinstance(e, OSError) and e.errno in LOCAL_ERRNOS]
         raise DownloadError(
@@ -164,9 +177,12 @@ def _sync(con, src, root: Path, listing: Listing, files, workers, hashes, dry_ru
             IOERR if local else INCOMPLETE)
 
 
-def _verify(con, root: Path, files, workers: int, hashes: bool) -> dict[str, str | None]:
+def _verify(con, root: Path, files, workers: int, check: Check, memo: Verified | None) -> tuple[dict, int]:
+    """({path: why it is not the hub's file, or None}, how many were taken as verified from `memo` unread)."""
+    known = set() if memo is None or check.rehash else {rf.path for rf in files if memo.holds(root, rf)}
+    files = [rf for rf in files if rf.path not in known]
     present = [rf for rf in files if (root / rf.path).is_file() and (root / rf.path).stat().st_size == rf.size]
-    total = sum(rf.size for rf in present) if hashes else 0
+    total = sum(rf.size for rf in present) if check.hashes else 0
     meter = con.meter("verify", total, quiet_below=1 << 30)
 
     def one(rf):
@@ -174,21 +190,27 @@ def _verify(con, root: Path, files, workers: int, hashes: bool) -> dict[str, str
             if con.cancel.is_set():
                 raise Cancelled()
             meter.update(n)
-        return rf.path, check_local(root, rf, hashes, on_bytes)
+        return rf.path, check_local(root, rf, check.hashes, on_bytes)
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wan-dist-verify") as pool:
             try:
-                return dict(pool.map(one, files))
+                status = dict(pool.map(one, files))
             except KeyboardInterrupt:
                 con.cancel.set()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     finally:
         meter.close()
+    if memo is not None:
+        for rf in files:
+            if status[rf.path] is None and (rf.sha256 or rf.git_oid):
+                memo.add(root, rf)
+        memo.save()
+    return {**status, **{p: None for p in known}}, len(known)
 
 
-def _fetch_all(con, src, root: Path, listing: Listing, todo, workers: int, resumed) -> list:
+def _fetch_all(con, src, root: Path, listing: Listing, todo, workers: int, resumed, memo: Verified | None) -> list:
     initial = 0 if getattr(src, "reports_resumed_bytes", False) else sum(resumed.values())
     meter = con.meter("download", sum(rf.size for rf in todo), initial=initial, quiet_below=64 << 20)
     bar_class = con.file_bar_class(meter)
@@ -208,6 +230,8 @@ def _fetch_all(con, src, root: Path, listing: Listing, todo, workers: int, resum
                     rf, err = futures[fut], fut.exception()
                     if err is None:
                         con.say(f"fetched {rf.path} ({human(rf.size)})")
+                        if memo is not None and (rf.sha256 or rf.git_oid):   # the fetch checked its hash
+                            memo.add(root, rf)
                     elif not isinstance(err, Cancelled):
                         failures.append((rf, err))
                         con.say(f"failed: {rf.path}: {_describe(err)}")
@@ -217,6 +241,8 @@ def _fetch_all(con, src, root: Path, listing: Listing, todo, workers: int, resum
                 raise
     finally:
         meter.close()
+        if memo is not None:
+            memo.save()
     return failures
 
 

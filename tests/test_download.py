@@ -239,6 +239,12 @@ def test_verified_files_are_not_hashed_again_until_they_change(hf, hub_files, ne
     assert cli.main(["download", MODEL, str(dest), "--sizes-only", "--rehash"]) == 2   # contradictory
     capsys.readouterr()
 
+    memo = dest / ".cache/wan-dist/verified.json"       # only a cache: a damaged record means hashing again
+    memo.write_text('{"%s": 5, "%s": ["x"], "junk": {}}' % (SHARD, T5))
+    hashed.clear()
+    code, out, _ = _download(hf, dest, capsys)
+    assert code == 0 and {SHARD, T5} <= set(hashed) and "OK: loadable" in out
+
 
 def test_file_missing_on_hub_is_named_and_nothing_else_fetched(hf, tmp_path, capsys):
     missing = "low_noise_model/diffusion_pytorch_model-00002-of-00002.safetensors"

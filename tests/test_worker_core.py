@@ -92,6 +92,16 @@ def test_sigterm_to_wan_dist_torchrun_exits_75_then_a_queue_run_completes(tmp_pa
                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     assert_each_once(out, ids)
+    # nothing left to make: another layout (one replica of 2 ranks) decides so on rank 0, the other rank waits for it
+    # through the store, and neither loads the models
+    records = len(Ledger(out, "reader").records())
+    p = subprocess.run(torchrun_args(tiny_ckpt("tiny-t2v"), m, out, "parallel.ulysses=2"), cwd=REPO, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    log = p.stdout + p.stderr
+    assert p.returncode == 0, log[-4000:]
+    assert "models not loaded" in log and "0 done, 6 skipped" in log and "loaded in" not in log, log[-4000:]
+    assert len(Ledger(out, "reader").records()) == records
+    assert_each_once(out, ids)
 
 
 @pytest.mark.slow

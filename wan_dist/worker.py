@@ -399,7 +399,7 @@ def idle_run(cfg, ctx, work, items, out: OutputDir) -> bool:
     if share is None:
         return False
     return bool(ctx.share_from_main(lambda: nothing_to_make(out, share(items, ctx), retry_failed=cfg.batch.retry_failed,
-                                                            on_change=cfg.batch.on_change)))
+                                                            on_change=cfg.batch.on_change), patient=True))
 
 
 def _skip_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, extra_layout: dict) -> Summary:

@@ -180,14 +180,24 @@ def ledger_rule(complete: bool, rec: dict | None, it: Item, *, retry_failed: boo
 
 def nothing_to_make(out: OutputDir, items: list[Item], *, retry_failed: bool, on_change: str) -> bool:
     """Every one of `items` would be skipped by the ledger rule (none of them is made): the models need not be
-    loaded. Stops at the first row to make, so a run with work costs one check; an empty list is nothing to make."""
+    loaded. First a pass over the ledger and the mp4s' presence only (what is_complete needs before it reads
+    anything), which finds a row to make at once in a batch with work; only when every row passes it are the videos
+    checked as the runner will check them (is_complete: the sidecar, the size, the packets). An empty list is
+    nothing to make."""
     latest = out.ledger.latest()
-    for it in items:
-        rec = latest.get(it.request.id)
-        if ledger_rule(out.is_complete(it.request.id, rec), rec, it, retry_failed=retry_failed,
-                       on_change=on_change) not in SKIPPED:
-            return False
-    return True
+
+    def all_skipped(complete) -> bool:
+        for it in items:
+            rec = latest.get(it.request.id)
+            if ledger_rule(complete(it.request.id, rec), rec, it, retry_failed=retry_failed,
+                           on_change=on_change) not in SKIPPED:
+                return False
+        return True
+
+    def may_be_complete(item_id: str, rec: dict | None) -> bool:    # is_complete's preconditions
+        return bool(rec) and rec.get("status") == "ok" and os.path.isfile(out.path_for(item_id, ".mp4"))
+
+    return all_skipped(may_be_complete) and all_skipped(out.is_complete)
 
 
 class BatchRunner:

@@ -56,8 +56,9 @@ class RunContext:
         raise RuntimeError("replica_take: a single-process run has no writer to wait for")
 
     # -- across the world ----------------------------------------------------------------------------------------
-    def share_from_main(self, fn):
-        """fn() computed once, on rank 0 of the world, and its value (or its ValueError) on every rank."""
+    def share_from_main(self, fn, patient: bool = False):
+        """fn() computed once, on rank 0 of the world, and its value (or its ValueError) on every rank. `patient`:
+        the other ranks wait through the store, without the process group's timeout (fn may read a large out_dir)."""
         return fn()
 
     def gather(self, obj) -> list:

@@ -2,10 +2,10 @@
 
 Every collective names its mesh axis: agreement inside a replica uses the "replica" axis, run-wide sharing the
 "world" axis. Replicas are NOT in lock-step with each other (a fast replica never waits for a slow one per item), so
-the two world-wide signals that must not block go through the process group's store instead of a collective:
-a stop request (`<run>/stop`, checked at every safe point) and the end of the run (`<run>/done/<rank>`, polled
-without a deadline). Tensors: scalars packed into 1-D float64/int64 vectors on the run device (nccl needs device
-tensors).
+the world-wide signals that must not block go through the process group's store instead of a collective: a stop
+request (`<run>/stop`, checked at every safe point), the end of the run (`<run>/done/<rank>`, polled without a
+deadline) and a value rank 0 may take long to compute (`share_from_main(fn, patient=True)`: `<run>/main/<n>`).
+Tensors: scalars packed into 1-D float64/int64 vectors on the run device (nccl needs device tensors).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class DistContext(RunContext):
     run_key: str = "wan_dist/run/0/"
+    _shares: int = 0            # share_from_main(patient=True) calls of this run: the store key of each
 
     @classmethod
     def from_mesh(cls, m, local_rank: int) -> "DistContext":
@@ -90,7 +91,9 @@ class DistContext(RunContext):
         return pickle.loads(self.store.get(key))
 
     # -- world --------------------------------------------------------------------------------------------------
-    def share_from_main(self, fn):
+    def share_from_main(self, fn, patient: bool = False):
+        if patient:
+            return self._share_through_store(fn)
         box = [None]
         if self.rank == 0:
             try:
@@ -99,6 +102,25 @@ class DistContext(RunContext):
                 box = [("error", str(e))]
         dist.broadcast_object_list(box, group=self.mesh.group("world"), group_src=0)    # axis: world
         kind, value = box[0]
+        if kind == "error":
+            raise ValueError(value)
+        return value
+
+    def _share_through_store(self, fn):
+        # rank 0 may take longer than the process group's timeout (it reads out_dir): the others poll the store
+        self._shares += 1
+        key = f"{self.run_key}main/{self._shares}"
+        if self.rank == 0:
+            try:
+                box = ("ok", fn())
+            except ValueError as e:
+                box = ("error", str(e))
+            self.store.set(key, pickle.dumps(box))
+        else:
+            while not self.store.check([key]):
+                time.sleep(0.2)
+            box = pickle.loads(self.store.get(key))
+        kind, value = box
         if kind == "error":
             raise ValueError(value)
         return value

@@ -30,11 +30,13 @@ from wan_dist.download.plan import (INCOMPLETE, INTERRUPTED, IOERR, OK, USAGE, C
                                     check_free_space, check_local, free_space, human, index_paths, needed_files,
                                     remove_file, shards_from_index)
 from wan_dist.download.progress import Console
-from wan_dist.download.verified import Verified
+from wan_dist.download.verified import Verified, identity
 
 SOURCES = ("huggingface", "modelscope")
 REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 STATE_DIR = ".cache/wan-dist"
+
+
 class Check(NamedTuple):
     hashes: bool = True      # False: --sizes-only
     rehash: bool = False     # True: --rehash (hash every file, whatever verified.json remembers)
@@ -190,7 +192,8 @@ def _verify(con, root: Path, files, workers: int, check: Check, memo: Verified |
             if con.cancel.is_set():
                 raise Cancelled()
             meter.update(n)
-        return rf.path, check_local(root, rf, check.hashes, on_bytes)
+        before = identity(root / rf.path)
+        return rf.path, (check_local(root, rf, check.hashes, on_bytes), before)
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wan-dist-verify") as pool:
@@ -204,10 +207,11 @@ def _verify(con, root: Path, files, workers: int, check: Check, memo: Verified |
         meter.close()
     if memo is not None:
         for rf in files:
-            if status[rf.path] is None and (rf.sha256 or rf.git_oid):
-                memo.add(root, rf)
+            why, before = status[rf.path]
+            if why is None and (rf.sha256 or rf.git_oid):
+                memo.add(root, rf, before)
         memo.save()
-    return {**status, **{p: None for p in known}}, len(known)
+    return {**{p: why for p, (why, _) in status.items()}, **{p: None for p in known}}, len(known)
 
 
 def _fetch_all(con, src, root: Path, listing: Listing, todo, workers: int, resumed, memo: Verified | None) -> list:

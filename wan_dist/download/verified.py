@@ -4,9 +4,10 @@ A file whose content hash matched the listing (checked in DIR, or while it was f
 DIR/.cache/wan-dist/verified.json with the hash it matched and its identity: size, mtime, ctime, inode and device.
 A rerun skips hashing a file whose listed hash and identity are both unchanged. Writing to a file, replacing it or
 setting its mtime back all change its ctime, which no user call can set, so a file changed in any way since is hashed
-again. What this cannot see is corruption below the filesystem (a failing disk, bit rot), which changes no stat
-field: `wan-dist download --rehash` reads every file again. The record is only a cache: lost, unreadable or stale,
-the files are simply hashed.
+again. What this cannot see is corruption that changes no stat field: below the filesystem (a failing disk, bit rot),
+or on the way to the disk of a file verified while it was fetched (its hash is of the bytes as they were written,
+not read back): `wan-dist download --rehash` reads every file again. The record is only a cache: lost, unreadable
+or stale, the files are simply hashed.
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ class Verified:
             entries = json.loads(self.path.read_text())
         except (OSError, ValueError):
             entries = {}
-        self.entries: dict[str, list] = entries if isinstance(entries, dict) else {}
+        if not isinstance(entries, dict):
+            entries = {}
+        self.entries: dict[str, list] = {p: e for p, e in entries.items()
+                                         if isinstance(e, list) and len(e) == 6 and isinstance(e[0], str)}
 
     def holds(self, root: Path, rf) -> bool:
         """root/rf.path was verified as the hub's file `rf` and has not changed since."""
@@ -41,12 +45,17 @@ class Verified:
         except OSError:
             return False
 
-    def add(self, root: Path, rf) -> None:
-        """root/rf.path has just been verified against rf's hash."""
+    def add(self, root: Path, rf, before: list[int] | None = None) -> None:
+        """root/rf.path has just been verified against rf's hash. `before`: its identity when the hashing began; a
+        file that changed meanwhile (another process wrote it) is not remembered."""
         try:
-            self.entries[rf.path] = [rf.key, *_identity(root / rf.path)]
+            now = _identity(root / rf.path)
         except OSError:
+            now = None
+        if now is None or (before is not None and before != now):
             self.entries.pop(rf.path, None)
+        else:
+            self.entries[rf.path] = [rf.key, *now]
 
     def save(self) -> None:
         tmp = self.path.with_name(f".{FILE}.tmp-{os.getpid()}")
@@ -56,3 +65,11 @@ class Verified:
             os.replace(tmp, self.path)
         except OSError:          # a cache: a full disk here only means hashing again next time
             tmp.unlink(missing_ok=True)
+
+
+def identity(path: Path) -> list[int] | None:
+    """The identity add() compares with, or None when the file cannot be stat'ed."""
+    try:
+        return _identity(path)
+    except OSError:
+        return None

@@ -63,6 +63,10 @@ class WandbSink:
         self.global_step = 0
         # W&B's import and wandb.init (which starts its service process and waits for it) run in a thread while this
         # process goes on to load the models; the first call that needs the run waits for it (_ready)
+        # Table artifacts are staged here: keep the run self-contained. Set here, on the main thread: the environment
+        # must not change while another thread (torch, the loaders) may read it
+        if cfg.logger.mode == "offline" and not _USER_DATA_DIR:
+            os.environ["WANDB_DATA_DIR"] = str((self.out_dir / "wandb" / "data").resolve())
         self._starting: threading.Thread | None = threading.Thread(target=self._start, name="wandb-init", daemon=True)
         self._starting.start()
 
@@ -73,9 +77,6 @@ class WandbSink:
             self.wandb = wandb
             wdir = self.out_dir / "wandb"  # wandb.init(dir=out_dir) writes its runs under out_dir/wandb/
             wdir.mkdir(parents=True, exist_ok=True)
-            # Table artifacts are staged here: keep the run self-contained
-            if lc.mode == "offline" and not _USER_DATA_DIR:
-                os.environ["WANDB_DATA_DIR"] = str((wdir / "data").resolve())
             settings = wandb.Settings(console="off", silent=True, disable_git=True, save_code=False,
                                       x_disable_stats=True)     # console="off": no SIGWINCH handler (a thread here)
             self.run = wandb.init(project=lc.project, group=lc.group, name=lc.name or self.out_dir.resolve().name,
@@ -86,7 +87,7 @@ class WandbSink:
             self.run.define_metric("video/index")
             self.run.define_metric("video/*", step_metric="video/index")
             log.info("W&B run %s (%s) in %s", self.run.name, lc.mode, wdir)
-        except Exception as e:  # noqa: BLE001 - observability never fails a batch
+        except BaseException as e:  # noqa: BLE001 - observability never fails a batch; reported by _ready
             self._error = e
 
     def _ready(self) -> bool:

@@ -383,10 +383,14 @@ def _make_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, eng
         how = "reused (loaded earlier in this process)" if reused else f"loaded in {engine.model_load_s:.2f}s"
         log.info("model %s %s (%s on %s); %d item(s) in the manifest, work source %s", spec.name, how,
                  run_info["dtype"], run_info["device"], len(items), work.name)
+    return model_load_s, _run_batch(runner, ctx, items)
+
+
+def _run_batch(runner: BatchRunner, ctx, items) -> Summary:
+    """The batch loop on this rank, then the run's total Summary, which every rank agrees on."""
     summary = runner.run(items)
     ctx.wait_all_done()                    # every replica's sidecars and ledger lines are on disk
-    total = Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
-    return model_load_s, total
+    return Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
 
 
 def idle_run(cfg, ctx, work, items, out: OutputDir) -> bool:
@@ -395,27 +399,26 @@ def idle_run(cfg, ctx, work, items, out: OutputDir) -> bool:
     refuses. Then the models are not loaded: a finished batch rerun, a requeued Slurm array task whose share is done,
     or an array task with an empty share ends in seconds. Decided once on the main rank for the whole run (the
     models load collectively); the runner still decides each row as it comes."""
-    share = getattr(work, "run_share", None)
-    if share is None:
+    if not hasattr(work, "run_share"):
         return False
-    return bool(ctx.share_from_main(lambda: nothing_to_make(out, share(items, ctx), retry_failed=cfg.batch.retry_failed,
+    rows = work.run_share(items, ctx)
+    idle = bool(ctx.share_from_main(lambda: nothing_to_make(out, rows, retry_failed=cfg.batch.retry_failed,
                                                             on_change=cfg.batch.on_change), patient=True))
+    if idle and ctx.is_main:
+        log.info("nothing to make: the %d row(s) of this run are already made (or settled) in %s; models not loaded",
+                 len(rows), out.root)
+    return idle
 
 
 def _skip_rows(cfg, ctx, work, stop, items, run_settings, out, run_id, sink, extra_layout: dict) -> Summary:
     """The batch loop with no models: each row is skipped (and counted) as the runner decides it."""
-    spec = get_model(cfg.model.name)
-    if ctx.is_main:
-        log.info("nothing to make: the %d row(s) of this run are already made (or settled) in %s; models not loaded",
-                 len(work.run_share(items, ctx)), out.root)
-    runner = BatchRunner(cfg=cfg, spec=spec, generator=None, out=out, ctx=ctx, work=work, model_load_s=0.0,
+    runner = BatchRunner(cfg=cfg, spec=get_model(cfg.model.name), generator=None, out=out, ctx=ctx, work=work,
+                         model_load_s=0.0,
                          run_info={"run_id": run_id, "model_load_s": 0.0, "engine": {"reused": False, "loaded": False}},
                          layout={**ctx.describe(), **extra_layout}, sink=sink,
                          progress=Progress(enabled=cfg.batch.progress and ctx.is_main), stop=stop,
                          run_settings=run_settings)
-    summary = runner.run(items)
-    ctx.wait_all_done()
-    return Summary.total([s for s in ctx.gather(summary if ctx.is_writer else None) if s is not None])
+    return _run_batch(runner, ctx, items)
 
 
 def _run_part(cfg, ctx, work, stop, items, run_settings, out, engines: EngineCache, job: JobPart,

@@ -18,8 +18,12 @@ from pathlib import Path
 FILE = "verified.json"
 
 
-def _identity(path: Path) -> list[int]:
-    st = os.stat(path)
+def identity(path: Path) -> list[int] | None:
+    """What a verified file is remembered by (size, mtime, ctime, inode, device), or None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
@@ -38,20 +42,12 @@ class Verified:
     def holds(self, root: Path, rf) -> bool:
         """root/rf.path was verified as the hub's file `rf` and has not changed since."""
         rec = self.entries.get(rf.path)
-        if not rec or rf.key != rec[0]:
-            return False
-        try:
-            return rec[1:] == _identity(root / rf.path)
-        except OSError:
-            return False
+        return bool(rec) and rf.key == rec[0] and rec[1:] == identity(root / rf.path)
 
     def add(self, root: Path, rf, before: list[int] | None = None) -> None:
         """root/rf.path has just been verified against rf's hash. `before`: its identity when the hashing began; a
         file that changed meanwhile (another process wrote it) is not remembered."""
-        try:
-            now = _identity(root / rf.path)
-        except OSError:
-            now = None
+        now = identity(root / rf.path)
         if now is None or (before is not None and before != now):
             self.entries.pop(rf.path, None)
         else:
@@ -65,11 +61,3 @@ class Verified:
             os.replace(tmp, self.path)
         except OSError:          # a cache: a full disk here only means hashing again next time
             tmp.unlink(missing_ok=True)
-
-
-def identity(path: Path) -> list[int] | None:
-    """The identity add() compares with, or None when the file cannot be stat'ed."""
-    try:
-        return _identity(path)
-    except OSError:
-        return None

@@ -4,15 +4,14 @@ id ends exactly once as ok, no mp4 is corrupt)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from wan_dist.batch.outputs import OutputDir
+from stop_util import sigterm_after
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["sample.steps=2", "sample.frame_num=5", "sample.size=32*32", "batch.progress=false", "device=cpu"]
@@ -43,14 +42,7 @@ def test_sigterm_to_the_launcher_exits_75_and_resume_completes(tmp_path, tiny_ck
     out = tmp_path / "out"
     args = [sys.executable, str(REPO / "launch/run.py"), "model=tiny-t2v", f"ckpt_dir={tiny_ckpt('tiny-t2v')}",
             f"manifest={m}", f"out_dir={out}", *BASE]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not _ledger(out) and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
-    log, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 75, log[-3000:]
+    log = sigterm_after(args, lambda: _ledger(out), cwd=REPO, timeout=240)
     assert "stopped by SIGTERM" in log
     first = [r["id"] for r in _ledger(out)]
     assert 1 <= len(first) < len(ids) and all(r["status"] == "ok" for r in _ledger(out))

@@ -115,17 +115,24 @@ def test_jsonl_rows_override_the_config(tiny_ckpt, tmp_path):
     assert trunc["step_passes"][-1] == "uncond" and trunc["step_experts"][-1] == "low"
 
 
+def rows_with_sidecars(manifest: Path, videos: Path) -> list[tuple[dict, dict]]:
+    """Each row of a CSV manifest with its video's sidecar: every row made, nothing else, each video checked."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    scs = sidecars(videos)
+    assert sorted(scs) == sorted(r["id"] for r in rows)
+    for row in rows:
+        check_video(videos, scs[row["id"]])
+    return [(row, scs[row["id"]]) for row in rows]
+
+
 def test_image_to_video_manifest(tiny_ckpt, tmp_path):
     out = tmp_path / "i2v"
     assert run_documented(I2V_CMD, tiny_ckpt("tiny-i2v-moe"), out) == 0
-    with open(EX / "i2v" / "rows.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    scs = sidecars(out / "videos")
-    assert sorted(scs) == sorted(r["id"] for r in rows)
     from PIL import Image
-    for row in rows:
-        sc = scs[row["id"]]
-        check_video(out / "videos", sc)
+    made = rows_with_sidecars(EX / "i2v" / "rows.csv", out / "videos")
+    scs = {row["id"]: sc for row, sc in made}
+    for row, sc in made:
         img = EX / "i2v" / row["image"]                       # relative to the manifest, recorded absolute
         assert sc["image"] == str(img) and img.is_file()
         if row["seed"]:
@@ -146,13 +153,7 @@ def test_demo_manifest(tiny_ckpt, tmp_path):
     cmd = "python launch/run.py model=tiny-ti2v ckpt_dir=CKPT manifest=examples/prompts.csv out_dir=OUT"
     # the 2.2 VAE's 32-pixel grid: the image row needs the model's 64*64 to keep its 3:2 aspect
     assert run_documented(cmd, tiny_ckpt("tiny-ti2v"), out, fast=["sample.frame_num=5", "batch.progress=false"]) == 0
-    with open(EX / "prompts.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    scs = sidecars(out / "videos")
-    assert sorted(scs) == sorted(r["id"] for r in rows)
-    for row in rows:
-        sc = scs[row["id"]]
-        check_video(out / "videos", sc)
+    for row, sc in rows_with_sidecars(EX / "prompts.csv", out / "videos"):
         assert sc["image"] == (str(EX / row["image"]) if row["image"] else None)
         assert sc["frame_num"] == int(row["frame_num"] or 5) and (not row["seed"] or sc["seed"] == int(row["seed"]))
 

@@ -4,16 +4,15 @@ processes sharing one out_dir never make an id twice."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from wan_dist.batch.ledger import Ledger
 from wan_dist.batch.outputs import OutputDir
+from stop_util import sigterm_after
 
 REPO = Path(__file__).resolve().parents[1]
 WAN_DIST = Path(sys.executable).with_name("wan-dist")
@@ -74,15 +73,8 @@ def test_sigterm_to_wan_dist_torchrun_exits_75_then_a_queue_run_completes(tmp_pa
     ids = [f"q{i}" for i in range(6)]
     m = manifest(tmp_path / "m.csv", ids)
     out = tmp_path / "out"
-    proc = subprocess.Popen(torchrun_args(tiny_ckpt("tiny-t2v"), m, out, "parallel.dp=2"), cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not oks(out) and proc.poll() is None:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
-    log, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 75, log[-4000:]
+    log = sigterm_after(torchrun_args(tiny_ckpt("tiny-t2v"), m, out, "parallel.dp=2"), lambda: oks(out), cwd=REPO,
+                        env=ENV)
     assert "wan-dist torchrun: exit 75 (stopped by a signal" in log and "Traceback" not in log, log[-4000:]
     assert "stopped by SIGTERM" in log
     first = oks(out)

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class Holder:
     host: str
     pid: int
     age_s: float
+    data: dict = field(default_factory=dict, compare=False, repr=False)   # the claim file's content (tags too)
 
     def __str__(self) -> str:
         return f"{self.owner} (pid {self.pid} on {self.host}, heartbeat {self.age_s:.0f} s ago)"
@@ -72,6 +73,10 @@ class Claims:
     def _path(self, item_id: str) -> Path:
         return self.dir / f"{item_id}.claim"
 
+    def ids(self) -> list[str]:
+        """The ids claimed in out_dir/claims/ (by anyone, live or not), sorted."""
+        return sorted(p.name[: -len(".claim")] for p in self.dir.glob("*.claim"))
+
     def _content(self) -> bytes:
         return json.dumps({**self.tags, "owner": self.owner, "host": self.host, "pid": os.getpid(),
                            "since": time.time()}).encode()
@@ -86,7 +91,7 @@ class Claims:
         except (OSError, ValueError):   # half-written by a writer that died between create and write: stale
             return Holder("?", "?", -1, float("inf"))
         return Holder(str(data.get("owner", "?")), str(data.get("host", "?")), int(data.get("pid", -1)),
-                      max(0.0, time.time() - st.st_mtime))
+                      max(0.0, time.time() - st.st_mtime), data if isinstance(data, dict) else {})
 
     def _stale(self, h: Holder) -> bool:
         return h.owner != self.owner and not self.live(h)

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .claims import CLAIMS_DIR, Claims
+from .claims import Claims
 from .ledger import Ledger
 from .work import array_task_of
 
@@ -57,16 +57,10 @@ def _claims(root: Path, timeout_s: float) -> dict[str, dict]:
     """id -> the live claim's content (array tag included) for every live claim in out_dir/claims/."""
     reader = Claims(root, owner="wan-dist-status", timeout_s=timeout_s)
     out = {}
-    for p in sorted((root / CLAIMS_DIR).glob("*.claim")):
-        item_id = p.name[: -len(".claim")]
+    for item_id in reader.ids():
         h = reader.holder(item_id)
-        if h is None or not reader.live(h):
-            continue
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, ValueError):
-            data = {}
-        out[item_id] = data if isinstance(data, dict) else {}
+        if h is not None and reader.live(h):
+            out[item_id] = h.data
     return out
 
 

@@ -132,11 +132,17 @@ def writer_tags(work: WorkSource, ctx, environ=None) -> dict:
     tags: dict = {}
     if isinstance(work, ArrayShare):
         tags["array"] = {"task": work.task, "tasks": work.tasks, "replicas": ctx.dp_size}
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        tags["slurm_job"] = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    elif env.get("SLURM_JOB_ID"):
-        tags["slurm_job"] = env["SLURM_JOB_ID"]
+    if slurm_job(env):
+        tags["slurm_job"] = slurm_job(env)
     return tags
+
+
+def slurm_job(env) -> str | None:
+    """`<array job>_<task>` for an array task (what squeue shows and scontrol takes), else the job id; None outside
+    a Slurm job."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
 
 
 def array_task_of(index: int, tasks: int, replicas: int) -> int:

@@ -80,7 +80,10 @@ class DistContext(RunContext):
                 self.store.delete_key(self._post_key(seq - 1))
 
     def replica_take(self, seq: int, idle=None, poll_s: float = 0.2):
-        key = self._post_key(seq)
+        return self._take(self._post_key(seq), idle, poll_s)
+
+    def _take(self, key: str, idle=None, poll_s: float = 0.2):
+        """The object stored under `key`, waited for without a deadline (`idle()` about once a second meanwhile)."""
         last_idle = time.monotonic()
         # check + sleep, not store.wait with a timeout: each timed-out wait logs a c10d warning (hours of idling)
         while not self.store.check([key]):
@@ -94,36 +97,20 @@ class DistContext(RunContext):
     def share_from_main(self, fn, patient: bool = False):
         if patient:
             return self._share_through_store(fn)
-        box = [None]
-        if self.rank == 0:
-            try:
-                box = [("ok", fn())]
-            except ValueError as e:
-                box = [("error", str(e))]
+        box = [_boxed(fn) if self.rank == 0 else None]
         dist.broadcast_object_list(box, group=self.mesh.group("world"), group_src=0)    # axis: world
-        kind, value = box[0]
-        if kind == "error":
-            raise ValueError(value)
-        return value
+        return _unboxed(box[0])
 
     def _share_through_store(self, fn):
         # rank 0 may take longer than the process group's timeout (it reads out_dir): the others poll the store
         self._shares += 1
         key = f"{self.run_key}main/{self._shares}"
         if self.rank == 0:
-            try:
-                box = ("ok", fn())
-            except ValueError as e:
-                box = ("error", str(e))
+            box = _boxed(fn)
             self.store.set(key, pickle.dumps(box))
         else:
-            while not self.store.check([key]):
-                time.sleep(0.2)
-            box = pickle.loads(self.store.get(key))
-        kind, value = box
-        if kind == "error":
-            raise ValueError(value)
-        return value
+            box = self._take(key)
+        return _unboxed(box)
 
     def gather(self, obj) -> list:
         out = [None] * self.world_size
@@ -163,3 +150,18 @@ class DistContext(RunContext):
 
     def describe(self) -> dict:
         return {**super().describe(), "backend": dist.get_backend() if dist.is_initialized() else None}
+
+
+def _boxed(fn) -> tuple:
+    """fn()'s value, or its ValueError (a user error raised on rank 0 is raised on every rank), as a picklable box."""
+    try:
+        return "ok", fn()
+    except ValueError as e:
+        return "error", str(e)
+
+
+def _unboxed(box: tuple):
+    kind, value = box
+    if kind == "error":
+        raise ValueError(value)
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 
 from ..batch.claims import Claims
-from ..batch.outputs import OutputDir
+from ..batch.outputs import PARTIAL, OutputDir
 from ..batch.runner import COMPLETE, FAILED_BEFORE, KEPT, ledger_rule
 
 
@@ -32,6 +32,6 @@ def release_writer(out: OutputDir, writer: str | None) -> None:
     if writer is None:
         return
     dead = Claims(out.root, writer)
-    for p in sorted((out.root / "claims").glob("*.claim")):
-        dead.release(p.name[: -len(".claim")])
-    shutil.rmtree(out.root / ".partial" / writer, ignore_errors=True)
+    for item_id in dead.ids():
+        dead.release(item_id)
+    shutil.rmtree(out.root / PARTIAL / writer, ignore_errors=True)

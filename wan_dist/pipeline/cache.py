@@ -40,7 +40,6 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("none", "first_block", "mag", "taylorseer")
 TAYLORSEER_IDS = (r"blocks\.\d+",)
 DEFAULTS = {"first_block": {"threshold": 0.05}, "mag": {"threshold": 0.06, "max_skip_steps": 3},
             "taylorseer": {"interval": 5, "warmup_steps": 3}}

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from .. import supervise
+from ..batch.work import slurm_job
 from ..exit_codes import ExitCode, worst
 from . import alloc
 from .precheck import precheck
@@ -48,13 +49,6 @@ CLEAN = {int(c) for c in ExitCode} - {int(ExitCode.CRASH)}
 
 def say(msg: str) -> None:
     print(f"wan-dist slurm-job: {msg}", file=sys.stderr, flush=True)
-
-
-def job_label(env) -> str:
-    """`<array job>_<task>` for an array task (what squeue shows and scontrol takes), else the job id."""
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env["SLURM_JOB_ID"]
 
 
 def main(argv: list[str]) -> int:
@@ -79,7 +73,7 @@ def main(argv: list[str]) -> int:
         say(f"error: {e}")
         return int(ExitCode.USAGE)
     nodes = alloc.hostnames(env["SLURM_JOB_NODELIST"])
-    say(f"job {job_label(env)} (restart {env.get('SLURM_RESTART_COUNT', '0')}): {len(nodes)} node(s) "
+    say(f"job {slurm_job(env)} (restart {env.get('SLURM_RESTART_COUNT', '0')}): {len(nodes)} node(s) "
         f"{','.join(nodes)} x {nproc} rank(s) per node ({why})")
     try:
         decided = precheck(argv, env)
@@ -164,7 +158,7 @@ def settle(code: ExitCode, env) -> int:
             say(f"exit 75 after {restarts} requeue(s) ({MAX_REQUEUES_ENV}={limit}): not requeued again; "
                 "submit the same command again to go on (it resumes)")
             return int(code)
-        target = job_label(env)
+        target = slurm_job(env)
         say(f"exit 75 ({code.meaning}): requeueing job {target} (restart {restarts + 1}); the rerun resumes")
         # on success slurmctld makes the job PENDING again and kills this process; returning means it failed
         p = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=120,
